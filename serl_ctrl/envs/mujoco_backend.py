@@ -16,15 +16,14 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 
+import mujoco
 import numpy as np
 
 from .backend import HAND_CAMERA_LOOKAT, HAND_CAMERA_UP, Backend, look_at_axes
 from .controller import DOWN_QUAT, ImpedanceGains
+from .mujoco_render import OffscreenRenderer
 from .panda import ARM_JOINTS, FINGER_JOINTS, HAND_LINK, HOME_Q, TCP_LINK, panda_urdf_path
 from .scene import Scene, Shape
-
-os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
 
 _ROBOT_RGBA = {"panda_hand": "0.25 0.25 0.27 1", "panda_leftfinger": "0.25 0.25 0.27 1",
                "panda_rightfinger": "0.25 0.25 0.27 1"}
@@ -224,7 +223,7 @@ class MujocoBackend(Backend):
                 self._free_qadr[shape.name] = int(m.jnt_qposadr[jnt])
             else:
                 self._mocap[shape.name] = int(m.body_mocapid[bid])
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderers: dict[tuple[int, int], OffscreenRenderer] = {}
         self._vel6 = np.zeros(6)
 
     # --- state ------------------------------------------------------------------------------------
@@ -310,9 +309,9 @@ class MujocoBackend(Backend):
         key = (width, height)
         renderer = self._renderers.get(key)
         if renderer is None:
-            renderer = self._renderers[key] = mujoco.Renderer(self.model, height=height, width=width)
-        renderer.update_scene(self.data, camera=camera)
-        return renderer.render()
+            renderer = self._renderers[key] = OffscreenRenderer(self.model, width, height)
+        cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+        return renderer.render(self.data, cam_id)
 
     def close(self) -> None:
         for renderer in self._renderers.values():

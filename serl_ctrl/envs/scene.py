@@ -69,8 +69,8 @@ class Camera:
     fovy: float = 45.0
 
 
-FRONT_CAMERA = Camera("front", "world", pos=(1.25, 0.0, 0.55), lookat=(0.5, 0.0, 0.05), fovy=40.0)
-WRIST_CAMERA = Camera("wrist", "hand", pos=(0.06, 0.0, 0.02), fovy=70.0)
+FRONT_CAMERA = Camera("front", "world", pos=(1.0, 0.0, 0.45), lookat=(0.5, 0.0, 0.06), fovy=50.0)
+WRIST_CAMERA = Camera("wrist", "hand", pos=(0.07, 0.0, 0.03), fovy=75.0)
 CAMERAS = (FRONT_CAMERA, WRIST_CAMERA)
 
 
