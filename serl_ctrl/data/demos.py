@@ -56,6 +56,7 @@ def expert_episode(env, seed: int, noise: float = 0.0, recorder: EpisodeRecorder
     """
     base = env.unwrapped
     expert = base.task.expert()
+    expert.noise = noise
     expert.reset()
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed)
@@ -135,4 +136,38 @@ def record_demonstrations(
     return report
 
 
-__all__ = ["DemoReport", "Episode", "expert_episode", "record_demonstrations"]
+def replay_frames(episode: Episode, size: int = 256, divergence: list | None = None):
+    """Re-simulate an episode from its metadata (task, backend, seed) and actions, and yield
+    the front camera at ``size`` px with the step's instruction as a caption.
+
+    This makes videos of state-only recordings. Simulation is deterministic, so the replay
+    retraces the recording; the largest TCP deviation from the recorded ``tcp_pose`` is appended
+    to ``divergence`` (if given) so callers can tell when a replay no longer matches.
+    """
+    from ..utils.video import tile_frames
+
+    md = episode.metadata
+    for key in ("task", "backend", "seed"):
+        if md.get(key) is None:
+            raise ValueError(f"episode metadata has no {key!r}: cannot replay it (metadata: {sorted(md)})")
+    env = make_env(md["task"], backend=md["backend"], obs="state", render_mode="rgb_array", render_size=size)
+    try:
+        obs, _ = env.reset(seed=int(md["seed"]))
+        recorded = episode.observations.get("tcp_pose")
+        worst = 0.0
+        yield tile_frames({"front": env.render()}, f"step 0/{episode.length}: {episode.instructions[0] if episode.length else ''}")
+        for t, action in enumerate(episode.actions):
+            obs, *_ = env.step(action)
+            if recorded is not None:
+                worst = max(worst, float(np.abs(obs["tcp_pose"][:3] - recorded[t + 1][:3]).max()))
+            caption = f"step {t + 1}/{episode.length}: {episode.instructions[t]}"
+            if episode.success[t]:
+                caption += " [success]"
+            yield tile_frames({"front": env.render()}, caption)
+        if divergence is not None:
+            divergence.append(worst)
+    finally:
+        env.close()
+
+
+__all__ = ["DemoReport", "Episode", "expert_episode", "record_demonstrations", "replay_frames"]

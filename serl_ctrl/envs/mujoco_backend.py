@@ -98,8 +98,9 @@ def build_mjcf(scene: Scene, gains: ImpedanceGains, image_size: int = 128, rende
     visual = ET.Element("visual")
     size = max(image_size, render_size)
     ET.SubElement(visual, "global", offwidth=str(max(size, 640)), offheight=str(max(size, 480)))
-    # Shadows are the dominant rendering cost on a CPU (a 4096 shadow map: ~25 fps at 128 px).
-    ET.SubElement(visual, "quality", shadowsize="0")
+    # On a CPU (llvmpipe) shadows are the dominant rendering cost (a 4096 shadow map: ~25 fps at
+    # 128 px), then multisampling; both are off. (Measured here under load: 4x MSAA 197 fps, none 252.)
+    ET.SubElement(visual, "quality", shadowsize="0", offsamples="0")
     ET.SubElement(visual, "headlight", ambient="0.4 0.4 0.4", diffuse="0.5 0.5 0.5", specular="0 0 0")
     root.insert(2, visual)
 
@@ -142,7 +143,9 @@ def build_mjcf(scene: Scene, gains: ImpedanceGains, image_size: int = 128, rende
     world_items = [
         ET.Element("light", name="sun", directional="true", pos="0 0 3", dir="-0.3 0.2 -1",
                    diffuse="0.6 0.6 0.6", castshadow="false"),
-        ET.Element("geom", name="table", type="plane", size="0 0 0.05", material="table",
+        # A finite table: MuJoCo draws an infinite plane as many subdivided quads, which made every
+        # frame 2.3x slower on a CPU (317 vs 722 fps at 128 px).
+        ET.Element("geom", name="table", type="plane", size="1.2 1.2 0.05", material="table",
                    contype="1", conaffinity="1", friction="1 0.005 0.0001"),
         # Reference frames of the Cartesian springs: world-aligned for translation, gripper-down
         # for rotation (see controller.DOWN_QUAT).
