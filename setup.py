@@ -92,6 +92,8 @@ setup(
         "pybullet>=3.2.6",
         "torch>=2.2",
         "onnx",
+        # torch.onnx.export(dynamo=True), the maintained exporter (the TorchScript one is deprecated)
+        "onnxscript",
         "onnxruntime",
         "imageio",
         "imageio-ffmpeg",

@@ -1,0 +1,108 @@
+"""Run an exported policy with onnxruntime: what the robot runs.
+
+Imports NumPy and onnxruntime only (never torch or training code; a test proves it in a fresh
+interpreter). Everything that can be checked is checked at load time, not at the first control
+tick: the file exists and is a complete ONNX model, its sha256 matches the model card beside it
+(``NAME.json`` next to ``NAME.onnx``), the serl_ctrl metadata has a supported schema version, and
+the graph's inputs match the observation spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .policy import Policy
+from .spec import METADATA_KEY, PolicySpec
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def card_path(onnx_path: str | Path) -> Path:
+    """The model card of a policy file: ``NAME.json`` beside ``NAME.onnx``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def read_card(onnx_path: str | Path) -> dict | None:
+    path = card_path(onnx_path)
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"model card {path} is not valid JSON ({exc})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"model card {path} must hold a JSON object")
+    return card
+
+
+class OnnxPolicy(Policy):
+    """A policy file run by onnxruntime on the CPU.
+
+    Args:
+        path: the .onnx file.
+        threads: intra-op threads (1 keeps latency steady next to a control loop).
+        verify_card: compare the file's sha256 with its model card when one exists.
+        adaptive_tau: adaptive chunking threshold (see :class:`~serl_ctrl.runtime.policy.Policy`).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, verify_card: bool = True,
+                 adaptive_tau: float | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"policy file not found: {self.path}")
+        data = self.path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.card = read_card(self.path)
+        if verify_card and self.card is not None and self.card.get("sha256") not in (None, self.sha256):
+            raise ValueError(
+                f"{self.path}: sha256 {self.sha256[:16]}... does not match its model card "
+                f"{card_path(self.path)} ({str(self.card['sha256'])[:16]}...): the file was changed or truncated"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"cannot load policy {self.path}: {str(exc).splitlines()[0]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ValueError(f"{self.path} has no serl_ctrl metadata: export it with `serl-ctrl export`")
+        spec = PolicySpec.from_json(meta[METADATA_KEY], where=str(self.path))
+        super().__init__(spec, adaptive_tau)
+        self._check_inputs()
+        self._output = self.session.get_outputs()[0].name
+
+    def _check_inputs(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if set(inputs) != set(self.spec.obs):
+            raise ValueError(
+                f"{self.path}: graph inputs {sorted(inputs)} do not match the observation spec {sorted(self.spec.obs)}"
+            )
+        history = (self.spec.n_obs_steps,) if self.spec.n_obs_steps > 1 else ()
+        for key, f in self.spec.obs.items():
+            inp = inputs[key]
+            dtype = _ORT_DTYPES.get(inp.type)
+            if dtype != f.dtype:
+                raise ValueError(f"{self.path}: input {key!r} is {inp.type}, the spec says {f.dtype}")
+            expected = (1, *history, *f.shape)
+            shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+            if shape != expected:
+                raise ValueError(f"{self.path}: input {key!r} has shape {tuple(inp.shape)}, the spec says {expected}")
+
+    def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self._output], obs)[0]
