@@ -416,6 +416,13 @@ register(
     "serl_ctrl.commands.video:add_arguments",
     "serl_ctrl.commands.video:run",
 )
+register(
+    "eval",
+    "evaluate an exported policy in simulation: success rate, return, latency",
+    "serl_ctrl.commands.eval:add_arguments",
+    "serl_ctrl.commands.eval:run",
+    seed=1000,
+)
 
 
 if __name__ == "__main__":  # python -m serl_ctrl.cli ...
