@@ -22,7 +22,7 @@ import numpy as np
 from .backend import HAND_CAMERA_LOOKAT, HAND_CAMERA_UP, Backend, look_at_axes
 from .controller import DOWN_QUAT, ImpedanceGains
 from .mujoco_render import OffscreenRenderer
-from .panda import ARM_JOINTS, FINGER_JOINTS, HAND_LINK, HOME_Q, TCP_LINK, panda_urdf_path
+from .panda import ARM_JOINTS, FINGER_JOINTS, HAND_LINK, HOME_Q, TCP_LINK, panda_urdf_for_sim
 from .scene import Scene, Shape
 
 _ROBOT_RGBA = {"panda_hand": "0.25 0.25 0.27 1", "panda_leftfinger": "0.25 0.25 0.27 1",
@@ -37,12 +37,9 @@ def _fmt(values) -> str:
 def panda_mjcf() -> str:
     """MJCF text of the Panda, converted by MuJoCo from pybullet_data's URDF (cached per process).
 
-    Collision meshes double as visual meshes: the visual ones are ~1 MB each and would cost most
-    of the rendering time on a CPU for no benefit to a 128 px policy camera.
+    Collision meshes double as visual meshes (see ``panda_urdf_for_sim``).
     """
-    urdf_path = panda_urdf_path()
-    text = urdf_path.read_text()
-    text = text.replace("package://", str(urdf_path.parent) + "/")
+    text = panda_urdf_for_sim().read_text()
     start = text.index("<robot")
     end = text.index(">", start) + 1
     text = (

@@ -7,6 +7,10 @@ the ``package://`` paths are resolved (see :mod:`serl_ctrl.envs.mujoco_backend`)
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,4 +40,25 @@ def panda_urdf_path() -> Path:
     path = Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
     if not path.is_file():
         raise FileNotFoundError(f"Panda URDF not found at {path}: reinstall pybullet")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def panda_urdf_for_sim() -> Path:
+    """The Panda URDF with absolute mesh paths and the collision meshes as visual meshes.
+
+    Written once per process to a temporary folder (removed at exit); the meshes stay in
+    pybullet_data. The visual meshes are 1-2 MB each: with them PyBullet's renderer drew a
+    128 px frame 4x slower (12 vs 46 fps here) for no benefit at policy resolution, and MuJoCo
+    loads the same file. Both simulators therefore see and collide with the same geometry.
+    """
+    urdf = panda_urdf_path()
+    meshes = urdf.parent / "meshes"
+    text = urdf.read_text()
+    text = text.replace("package://meshes/visual/", f"{meshes}/collision/")
+    text = text.replace("package://meshes/", f"{meshes}/")
+    folder = Path(tempfile.mkdtemp(prefix="serl_ctrl_panda_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "panda.urdf"
+    path.write_text(text)
     return path

@@ -22,7 +22,7 @@ from .controller import (
     joint_torques,
     quat_to_mat,
 )
-from .panda import HAND_LINK, HOME_Q, JOINT_NAMES, TCP_LINK, panda_urdf_path
+from .panda import HAND_LINK, HOME_Q, JOINT_NAMES, TCP_LINK, panda_urdf_for_sim
 from .scene import Scene, Shape
 
 # PyBullet quaternions are (x, y, z, w); ours are (w, x, y, z).
@@ -50,7 +50,7 @@ class PybulletBackend(Backend):
         self.table = pb.loadURDF("plane.urdf", physicsClientId=c)
         pb.changeDynamics(self.table, -1, lateralFriction=1.0, physicsClientId=c)
         self.robot = pb.loadURDF(
-            str(panda_urdf_path()), useFixedBase=True, flags=pb.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c
+            str(panda_urdf_for_sim()), useFixedBase=True, flags=pb.URDF_USE_INERTIA_FROM_FILE, physicsClientId=c
         )
         joints: dict[str, int] = {}
         links: dict[str, int] = {}
