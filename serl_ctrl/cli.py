@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before torch is imported: OpenMP threads that spin while waiting made two-thread training
+    # 7x slower next to a simulator on 2 cores (bench/bench_sac_updates.py); passive waits don't.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _Parser.json_errors = "--json" in argv
     parser = build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
@@ -415,6 +418,13 @@ register(
     "render a recorded episode to .mp4 or .gif",
     "serl_ctrl.commands.video:add_arguments",
     "serl_ctrl.commands.video:run",
+)
+register(
+    "train",
+    "train a policy (SAC/RLPD, state or pixels, optional demos); writes a run folder and policy.onnx",
+    "serl_ctrl.commands.train:add_arguments",
+    "serl_ctrl.commands.train:run",
+    seed=0,
 )
 register(
     "eval",

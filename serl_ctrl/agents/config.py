@@ -1,0 +1,372 @@
+"""Typed, validated configuration for the SAC (RLPD / DrQ) agent.
+
+A config is a frozen tree of dataclasses. Build one from defaults, a dict, a YAML file or
+command-line overrides; every error names the field that is wrong and says what is allowed::
+
+    cfg = SACConfig()                                     # defaults (SERL / RLPD choices)
+    cfg = SACConfig.from_dict({"utd": 8, "encoder": {"pooling": "flatten"}})
+    cfg = SACConfig.from_yaml("config/sac_panda.yaml")   # a mapping, optionally under a "sac:" key
+    cfg = SACConfig.from_overrides(["sac.utd=8", "sac.hidden_dims=128,128"], base=cfg)
+    cfg.to_dict()                                         # plain JSON-able dict (checkpoints)
+
+Defaults and why:
+
+* ``n_critics=10``, ``critic_subsample=2``, ``layer_norm=True``, ``demo_fraction=0.5``: RLPD
+  (Ball et al. 2023), as used by SERL.
+* ``utd=4``: SERL's pixel (DrQ) examples update the critic 4 times per actor update / env step
+  (HIL-SERL uses 2, RLPD's state-based runs 20). Learning per env step keeps improving with UTD,
+  but compute grows linearly with it; on a small CPU box a UTD of 20 makes training wall-clock
+  bound (see ``bench/bench_sac_updates.py``). Raise it where compute is cheap.
+* ``gamma=0.99``: SERL and RLPD both use 0.99 (SERL notes not to go below 0.95).
+* ``init_temperature=0.01``: SERL's value for its robot tasks, whose rewards are O(1) per step
+  (as our Panda tasks: dense rewards in [0, 1]). The temperature is learned (target entropy
+  ``-|A|/2``) but only moves ~lr per update in log space, so the start matters in short runs:
+  RLPD's 1.0 suits rewards of O(10) per step (e.g. Pendulum, locomotion).
+* ``backup_entropy=True``: RLPD's SAC (the entropy bonus is part of the TD target).
+* ``dtype="float32"``: bf16 autocast is faster on AMX CPUs but is opt-in (see the bench).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Tuple
+
+__all__ = ["ConfigError", "EncoderConfig", "SACConfig"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range.
+
+    The message always names the full dotted field (``sac.encoder.pooling``)."""
+
+
+def _f(default: Any, help: str, *, lo: Optional[float] = None, hi: Optional[float] = None,
+       lo_open: bool = False, hi_open: bool = False, choices: Optional[Tuple[Any, ...]] = None,
+       factory: bool = False) -> Any:
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "choices": choices}
+    if factory:
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Image encoder (one small conv net per camera, DrQ style) and proprioception embedding.
+
+    Only used when the observation space has uint8 HWC image keys."""
+
+    channels: int = _f(32, "conv channels in every layer", lo=1, hi=1024)
+    num_layers: int = _f(4, "number of 3x3 conv layers (the first has stride `first_stride`)",
+                         lo=1, hi=16)
+    first_stride: int = _f(2, "stride of the first `strided_layers` conv layers (the rest: 1)",
+                           lo=1, hi=8)
+    strided_layers: int = _f(1, "how many leading conv layers use `first_stride` (DrQ: 1; 3 makes "
+                             "a 128 px encoder ~10x cheaper on CPU)", lo=1, hi=16)
+    pooling: str = _f("spatial_softmax", "how conv maps become a vector: 'spatial_softmax' "
+                      "(2 coordinates per channel; cheap) or 'flatten' (DrQ's flatten+linear)",
+                      choices=("spatial_softmax", "flatten"))
+    feature_dim: int = _f(50, "per-camera feature size after Linear+LayerNorm+tanh", lo=1,
+                          hi=4096)
+    proprio_dim: int = _f(64, "size of the proprioception embedding (Linear+LayerNorm+tanh); "
+                          "0 = concatenate the raw state instead", lo=0, hi=4096)
+    augment_pad: int = _f(4, "DrQ random shift: replicate-pad by this many pixels and crop back "
+                          "(0 = no augmentation)", lo=0, hi=64)
+
+    def __post_init__(self) -> None:
+        _validate(self, "sac.encoder")
+        if self.strided_layers > self.num_layers:
+            raise ConfigError(f"sac.encoder.strided_layers={self.strided_layers} must be <= "
+                              f"sac.encoder.num_layers={self.num_layers}")
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Soft Actor-Critic with the RLPD choices SERL uses (and DrQ for images)."""
+
+    hidden_dims: Tuple[int, ...] = _f((256, 256), "hidden layer sizes of actor and critic MLPs")
+    activation: str = _f("relu", "MLP activation", choices=("relu", "tanh", "elu", "gelu",
+                                                            "silu"))
+    layer_norm: bool = _f(True, "LayerNorm after every hidden Linear (actor and critic)")
+    n_critics: int = _f(10, "size of the critic ensemble", lo=1, hi=100)
+    critic_subsample: int = _f(2, "target = min over this many distinct random critics "
+                               "(at most n_critics)", lo=1, hi=100)
+    utd: int = _f(4, "critic updates per env step (update-to-data ratio); the actor and "
+                  "temperature are updated once per env step", lo=1, hi=1000)
+    batch_size: int = _f(256, "minibatch size of one critic update", lo=1, hi=1_000_000)
+    actor_lr: float = _f(3e-4, "actor Adam learning rate", lo=0.0, hi=1.0, lo_open=True)
+    critic_lr: float = _f(3e-4, "critic (+ image encoder) Adam learning rate", lo=0.0, hi=1.0,
+                          lo_open=True)
+    temperature_lr: float = _f(3e-4, "temperature Adam learning rate", lo=0.0, hi=1.0,
+                               lo_open=True)
+    gamma: float = _f(0.99, "discount factor", lo=0.0, hi=1.0)
+    tau: float = _f(0.005, "Polyak rate of the target critic (and target encoder)", lo=0.0,
+                    hi=1.0, lo_open=True)
+    init_temperature: float = _f(0.01, "initial entropy temperature alpha", lo=0.0, hi=1e6,
+                                 lo_open=True)
+    target_entropy: Optional[float] = _f(None, "entropy target; None = -|A|/2", lo=-1e6,
+                                         hi=1e6)
+    backup_entropy: bool = _f(True, "subtract alpha * log pi(a'|s') in the TD target")
+    log_std_min: float = _f(-5.0, "lower bound of the actor's log std", lo=-30.0, hi=0.0)
+    log_std_max: float = _f(2.0, "upper bound of the actor's log std", lo=-10.0, hi=10.0)
+    demo_fraction: float = _f(0.5, "share of every minibatch drawn from the demo buffer "
+                              "(when there is one)", lo=0.0, hi=1.0)
+    replay_capacity: int = _f(1_000_000, "online replay capacity in frames/transitions "
+                              "(images: ~bytes_per_frame x this)", lo=1, hi=10**10)
+    learning_starts: int = _f(1000, "env steps received before the first update", lo=0,
+                              hi=10**10)
+    random_steps: int = _f(1000, "env steps acted uniformly at random at the start "
+                           "(used by the training loop / actor)", lo=0, hi=10**10)
+    dtype: str = _f("float32", "compute precision: 'float32' or 'bf16-autocast' (bfloat16 "
+                    "autocast of forward passes; params and optimizer stay float32)",
+                    choices=("float32", "bf16-autocast"))
+    compile: bool = _f(False, "torch.compile the loss functions (slow first update)")
+    encoder: EncoderConfig = _f(EncoderConfig, "image encoder options", factory=True)
+
+    def __post_init__(self) -> None:
+        _validate(self, "sac")
+        if self.critic_subsample > self.n_critics:
+            raise ConfigError(
+                f"sac.critic_subsample={self.critic_subsample} must be <= sac.n_critics="
+                f"{self.n_critics} (a subset is drawn without replacement)")
+        if self.log_std_min >= self.log_std_max:
+            raise ConfigError(f"sac.log_std_min={self.log_std_min} must be < sac.log_std_max="
+                              f"{self.log_std_max}")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, prefix: str = "sac") -> "SACConfig":
+        """Build from a (possibly partial, possibly nested) mapping; unknown keys are errors."""
+        return _from_dict(cls, data, prefix)
+
+    @classmethod
+    def from_yaml(cls, path_or_text: "str | Path") -> "SACConfig":
+        """Load from a YAML file (or YAML text). The mapping may sit under a top-level ``sac:``."""
+        import yaml
+
+        src = str(path_or_text)
+        is_path = isinstance(path_or_text, Path) or (
+            "\n" not in src and (src.endswith((".yaml", ".yml")) or Path(src).exists()))
+        if is_path and not Path(src).exists():
+            raise FileNotFoundError(f"config file {src} does not exist")
+        text = Path(src).read_text() if is_path else src
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"sac: YAML must hold a mapping, got {type(data).__name__}")
+        if set(data.keys()) == {"sac"}:
+            data = data["sac"] or {}
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_overrides(cls, overrides: Iterable[str],
+                       base: "Optional[SACConfig | Mapping[str, Any]]" = None) -> "SACConfig":
+        """Apply ``key=value`` overrides (``sac.utd=8``, ``encoder.pooling=flatten``).
+
+        Values are parsed as YAML scalars/lists (``8``, ``3e-4``, ``true``, ``null``,
+        ``[128,128]``); a tuple field also takes ``128,128``."""
+        import yaml
+
+        data = base.to_dict() if isinstance(base, SACConfig) else dict(base or {})
+        data = _deepcopy_dict(data)
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like 'sac.field=value'")
+            key, raw = item.split("=", 1)
+            parts = [p for p in key.strip().split(".") if p]
+            if parts and parts[0] == "sac":
+                parts = parts[1:]
+            if not parts:
+                raise ConfigError(f"override {item!r} names no field")
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+            node = data
+            for p in parts[:-1]:
+                child = node.get(p)
+                if child is None:
+                    child = {}
+                elif not isinstance(child, dict):
+                    raise ConfigError(f"sac.{'.'.join(parts)}: 'sac.{p}' is not a group of "
+                                      "fields")
+                node[p] = child
+                node = child
+            node[parts[-1]] = value
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "SACConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists), suitable for JSON."""
+        return _to_dict(self)
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per field: name, type, default, help (for ``--help`` output)."""
+        lines = []
+        for prefix, klass in (("sac", cls), ("sac.encoder", EncoderConfig)):
+            for f in fields(klass):
+                if f.name == "encoder":
+                    continue
+                d = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                lines.append(f"{prefix}.{f.name} = {d!r}  # {f.metadata.get('help', '')}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _deepcopy_dict(d: Any) -> Any:
+    if isinstance(d, Mapping):
+        return {k: _deepcopy_dict(v) for k, v in d.items()}
+    return d
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of fields, got {type(data).__name__}")
+    valid = {f.name: f for f in fields(cls)}
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown field {', '.join(f'{prefix}.{k}' for k in unknown)}; valid fields of "
+            f"{prefix}: {', '.join(sorted(valid))}")
+    hints = _hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, tp):
+                kwargs[name] = value
+            else:
+                kwargs[name] = _from_dict(tp, value if value is not None else {},
+                                          f"{prefix}.{name}")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}.{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix}: {e}") from None
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Convert obvious encodings (list -> tuple, int -> float, '128,128' -> tuple)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, name)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            try:
+                value = [int(v) for v in value]
+            except ValueError:
+                raise ConfigError(f"{name}: expected a list of integers, got {value!r}") from None
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return "list of int"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _range_text(meta: Mapping[str, Any]) -> str:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is None and hi is None:
+        return ""
+    left = "(" if meta.get("lo_open") else "["
+    right = ")" if meta.get("hi_open") else "]"
+    return f"{left}{lo}, {hi}{right}"
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        name = f"{prefix}.{f.name}"
+        value = getattr(obj, f.name)
+        tp = hints[f.name]
+        meta = f.metadata
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(f"{name}: expected {tp.__name__}, got {type(value).__name__}")
+            continue
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin is typing.Union and type(None) in args:
+            if value is None:
+                continue
+            (tp,) = [a for a in args if a is not type(None)]
+            origin = typing.get_origin(tp)
+        if origin is tuple:
+            ok = isinstance(value, tuple) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+            if not ok or len(value) == 0:
+                raise ConfigError(f"{name}: expected a non-empty list of positive integers, "
+                                  f"got {value!r}")
+            continue
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            continue
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}: expected an integer in {_range_text(meta)}, got "
+                                  f"{value!r}")
+        elif tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name}: expected a number in {_range_text(meta)}, got "
+                                  f"{value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: must be finite, got {value!r}")
+        elif tp is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{name}: expected a string, got {value!r}")
+        choices = meta.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{name}={value!r} is not allowed; choose one of "
+                              f"{', '.join(repr(c) for c in choices)}")
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)) or \
+                hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+            raise ConfigError(f"{name}={value!r} is out of range; allowed: {_range_text(meta)}")
+

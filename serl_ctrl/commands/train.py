@@ -1,0 +1,46 @@
+"""``serl-ctrl train``: train a policy (SAC with RLPD choices; imitation algorithms as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+ALGOS = ("sac",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", default="sac", help=f"learning algorithm: {', '.join(ALGOS)} (default: sac)")
+    parser.add_argument("--task", help="serl_ctrl task: reach, pickcube, push, insert (default: pickcube)")
+    parser.add_argument("--env", dest="env_id", help="a gymnasium environment id instead of --task")
+    parser.add_argument("--backend", help="mujoco or pybullet (default: mujoco)")
+    parser.add_argument("--obs", help="state, pixels or both (default: state)")
+    parser.add_argument("--demos", help="folder of demonstration episodes (serl-ctrl demos --out)")
+    parser.add_argument("--steps", type=int, help="env steps (default: 20000)")
+    parser.add_argument("--out", required=True, help="run folder (config, checkpoints, logs, policy.onnx)")
+    parser.add_argument("--config", help="YAML file of run fields, with the agent's under 'sac:'")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="sac.FIELD=VALUE",
+                        help="override an agent setting, e.g. --set sac.utd=8 (repeatable)")
+    parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: 2000)")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
+    parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000)")
+    parser.add_argument("--intervention", help="'expert': a scripted human takes over when the arm strays")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1: two OpenMP threads next to a simulator were 9x slower here)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--no-export", action="store_true", help="skip writing policy.onnx at the end")
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.algo not in ALGOS:
+        raise ValueError(f"unknown --algo {args.algo!r}; valid: {', '.join(ALGOS)}")
+    from ..agents.train_sac import RunConfig, train_sac
+    from ..utils.progress import progress
+
+    values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs,
+              "demos": args.demos, "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
+              "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
+              "intervention": args.intervention, "threads": args.threads}
+    cfg = RunConfig.load(args.config, values, args.overrides)
+    command = "serl-ctrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return train_sac(cfg, args.out, resume=args.resume, progress=progress, command=command,
+                     export=not args.no_export)
