@@ -40,6 +40,7 @@ RUN_FIELDS_HELP = {
     "env_id": "any gymnasium id with Box or Dict-of-Box observations and Box actions",
     "backend": "mujoco or pybullet (serl_ctrl tasks only)",
     "obs": "state, pixels or both (serl_ctrl tasks only)",
+    "reward": "sparse (1 on success) or dense (shaped) (serl_ctrl tasks only; demos must match)",
     "steps": "env steps to train for",
     "seed": "seed of the networks, the sampling and the training episodes",
     "demos": "folder of demonstration episodes (serl-ctrl demos) for the 50/50 demo batches",
@@ -59,6 +60,7 @@ class RunConfig:
     env_id: Optional[str] = None
     backend: str = "mujoco"
     obs: str = "state"
+    reward: str = "sparse"
     steps: int = 20_000
     seed: int = 0
     demos: Optional[str] = None
@@ -77,6 +79,7 @@ class RunConfig:
         need((self.task is None) != (self.env_id is None), "task", "set exactly one of task and env_id")
         need(self.backend in ("mujoco", "pybullet"), "backend", "must be mujoco or pybullet")
         need(self.obs in ("state", "pixels", "both"), "obs", "must be state, pixels or both")
+        need(self.reward in ("sparse", "dense"), "reward", "must be sparse or dense")
         need(isinstance(self.steps, int) and self.steps >= 1, "steps", "must be an integer >= 1")
         need(isinstance(self.eval_every, int) and self.eval_every >= 1, "eval_every", "must be >= 1")
         need(isinstance(self.eval_episodes, int) and self.eval_episodes >= 1, "eval_episodes", "must be >= 1")
@@ -140,10 +143,10 @@ def make_train_env(cfg: RunConfig):
         return gym.make(cfg.env_id)
     from ..envs import make_env
 
-    return make_env(cfg.task, backend=cfg.backend, obs=cfg.obs)
+    return make_env(cfg.task, backend=cfg.backend, obs=cfg.obs, reward=cfg.reward)
 
 
-def demo_buffer(demos: str, env, extra_capacity: int = 0) -> ReplayBuffer:
+def demo_buffer(demos: str, env, extra_capacity: int = 0, reward: str | None = None) -> ReplayBuffer:
     """A replay buffer holding every transition of the episodes in ``demos``, with room for
     ``extra_capacity`` more (human interventions join the demonstrations, HIL-SERL).
 
@@ -155,6 +158,10 @@ def demo_buffer(demos: str, env, extra_capacity: int = 0) -> ReplayBuffer:
     space = env.observation_space
     keys = list(space.spaces) if hasattr(space, "spaces") else ["obs"]
     for i, ep in enumerate(episodes):
+        recorded = ep.metadata.get("reward", "sparse")
+        if reward is not None and recorded != reward:
+            raise ValueError(f"{demos}: episode {i} was recorded with {recorded} rewards, the run uses {reward} "
+                             f"(record with `serl-ctrl demos --reward {reward}`)")
         if ep.actions.shape[1] != env.action_space.shape[0]:
             raise ValueError(f"{demos}: episode {i} has {ep.actions.shape[1]}-d actions, the env needs "
                              f"{env.action_space.shape[0]}")
@@ -231,7 +238,7 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
     env, eval_env = make_train_env(cfg), make_train_env(cfg)
     agent = SACAgent(env.observation_space, env.action_space, cfg.sac, seed=cfg.seed)
     extra = cfg.steps if cfg.intervention != "none" else 0
-    demos = demo_buffer(cfg.demos, env, extra_capacity=extra) if cfg.demos else None
+    demos = demo_buffer(cfg.demos, env, extra, cfg.reward if cfg.task else None) if cfg.demos else None
     learner = Learner(agent, demo_buffer=demos, seed=cfg.seed)
     if cfg.intervention == "expert":
         from ..envs.wrappers import ExpertTeleop, InterventionWrapper

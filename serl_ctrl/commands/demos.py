@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs", default="state", help="state, pixels or both (default: state)")
     parser.add_argument("--n", type=int, default=20, help="number of episodes (default: 20)")
     parser.add_argument("--out", help="folder for the episodes (omit to only measure the success rate)")
+    parser.add_argument("--reward", default="sparse", help="sparse or dense rewards in the episodes (default: sparse)")
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise of the expert")
     parser.add_argument("--keep-failures", action="store_true", help="also write failed episodes")
     parser.add_argument("--image-size", type=int, default=128, help="camera image side in pixels")
@@ -25,7 +26,8 @@ def run(args: argparse.Namespace) -> dict:
 
     report = record_demonstrations(
         args.task, args.out, args.n, backend=args.backend, obs=args.obs, seed=args.seed, noise=args.noise,
-        keep_failures=args.keep_failures, image_size=args.image_size, progress=progress,
+        keep_failures=args.keep_failures, image_size=args.image_size, reward=args.reward,
+        progress=progress,
     )
     result = report.as_dict()
     result["out"] = args.out

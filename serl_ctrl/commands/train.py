@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", dest="env_id", help="a gymnasium environment id instead of --task")
     parser.add_argument("--backend", help="mujoco or pybullet (default: mujoco)")
     parser.add_argument("--obs", help="state, pixels or both (default: state)")
+    parser.add_argument("--reward", help="sparse or dense (default: sparse; demos must be recorded alike)")
     parser.add_argument("--demos", help="folder of demonstration episodes (serl-ctrl demos --out)")
     parser.add_argument("--steps", type=int, help="env steps (default: 20000)")
     parser.add_argument("--out", required=True, help="run folder (config, checkpoints, logs, policy.onnx)")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..agents.train_sac import RunConfig, train_sac
     from ..utils.progress import progress
 
-    values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs,
+    values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs, "reward": args.reward,
               "demos": args.demos, "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
               "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
               "intervention": args.intervention, "threads": args.threads}

@@ -89,6 +89,7 @@ def record_demonstrations(
     noise: float = 0.0,
     keep_failures: bool = False,
     image_size: int = 128,
+    reward: str = "sparse",
     progress: Callable | None = None,
 ) -> DemoReport:
     """Record ``n`` expert episodes of ``task``; write them to ``out`` (None: record nothing).
@@ -98,7 +99,7 @@ def record_demonstrations(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    env = make_env(task, backend=backend, obs=obs, image_size=image_size)
+    env = make_env(task, backend=backend, obs=obs, image_size=image_size, reward=reward)
     base = env.unwrapped
     report = DemoReport(task=base.task.name, backend=backend)
     start = time.perf_counter()
@@ -109,7 +110,7 @@ def record_demonstrations(
             meta = make_metadata(
                 task=base.task.name, backend=backend, obs_mode=obs, seed=seed + i,
                 control_hz=base.control_hz, action_low=env.action_space.low, action_high=env.action_space.high,
-                source="scripted_expert", expert_noise=noise, image_size=image_size,
+                source="scripted_expert", expert_noise=noise, image_size=image_size, reward=reward,
             )
             recorder = EpisodeRecorder(meta) if out is not None else None
             success, steps = expert_episode(env, seed + i, noise, recorder)

@@ -44,7 +44,9 @@ class PandaEnv(gym.Env):
         reward: ``"sparse"`` (1 on success, else 0) or ``"dense"`` (shaped, in [0, 1]).
         yaw: add a fifth action dimension that turns the gripper about the vertical.
         pos_step: metres of reference motion per unit of action (per control step).
-        terminate_on_success: end the episode at the first success (as SERL does).
+        terminate_on_success: end the episode at the first success (as SERL does). Default: only
+            with sparse rewards; with a shaped reward, ending at success would make lingering near
+            the goal worth more than reaching it, and the agent learns to avoid success.
         render_mode: ``"rgb_array"`` for :meth:`render` (the front camera at ``render_size``).
     """
 
@@ -61,7 +63,7 @@ class PandaEnv(gym.Env):
         yaw: bool = False,
         pos_step: float = 0.03,
         yaw_step: float = 0.2,
-        terminate_on_success: bool = True,
+        terminate_on_success: bool | None = None,
         render_mode: str | None = None,
         render_size: int = 256,
         gains: ImpedanceGains | None = None,
@@ -86,7 +88,7 @@ class PandaEnv(gym.Env):
         self.pos_step = pos_step
         self.yaw_step = yaw_step
         self.yaw_limit = np.pi / 2
-        self.terminate_on_success = terminate_on_success
+        self.terminate_on_success = (reward == "sparse") if terminate_on_success is None else terminate_on_success
         self.render_mode = render_mode
         self.render_size = render_size
         self.image_size = image_size
