@@ -8,7 +8,7 @@ A task never touches a physics engine directly: it talks to a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -30,6 +30,7 @@ class TaskState:
     finger_width: float
     objects: dict[str, np.ndarray]  # name -> position (3,)
     params: dict[str, np.ndarray]  # episode parameters, e.g. the target position
+    quats: dict[str, np.ndarray] = field(default_factory=dict)  # name -> orientation (w, x, y, z)
 
 
 class Task(ABC):
@@ -72,8 +73,9 @@ class Task(ABC):
 
     def state(self, backend: Backend) -> TaskState:
         pos, _ = backend.tcp_pose()
-        objects = {s.name: backend.object_pose(s.name)[0] for s in self.scene().shapes if s.movable}
-        return TaskState(pos, backend.finger_width(), objects, dict(self.params))
+        poses = {s.name: backend.object_pose(s.name) for s in self.scene().shapes if s.movable}
+        return TaskState(pos, backend.finger_width(), {k: p for k, (p, _) in poses.items()}, dict(self.params),
+                         {k: q for k, (_, q) in poses.items()})
 
 
 def box_space(dim: int, low: float = -np.inf, high: float = np.inf) -> spaces.Box:

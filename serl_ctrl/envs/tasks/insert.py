@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..controller import quat_to_mat
 from ..panda import HOME_Q
 from ..scene import Scene, Shape
 from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, never, pose_obs, reached)
@@ -78,9 +79,13 @@ class Insert(Task):
         return bool(success), float(dense)
 
     def expert(self) -> WaypointExpert:
+        def peg_tip(s: TaskState) -> np.ndarray:
+            """Centre of the peg's bottom face: what must enter the hole (the peg may tilt in the grasp)."""
+            return s.objects["peg"] + quat_to_mat(s.quats["peg"]) @ np.array([0.0, 0.0, -PEG[2]])
+
         def aligned(s: TaskState) -> np.ndarray:
-            # Steer by the peg, not the TCP: the peg may sit a little off-centre in the grasp.
-            return s.tcp_pos[:2] + (s.params["hole"][:2] - s.objects["peg"][:2])
+            # Steer by the peg's tip, not the TCP: the peg may sit off-centre or tilted in the grasp.
+            return s.tcp_pos[:2] + (s.params["hole"][:2] - peg_tip(s)[:2])
 
         above_z = 2 * DEPTH + 0.015 + PEG[2] + GRIP_OFFSET
         bottom_z = 0.004 + PEG[2] + GRIP_OFFSET
@@ -91,7 +96,7 @@ class Insert(Task):
         def down(s: TaskState) -> np.ndarray:
             # Descend 1 cm per step, and only while the peg is centred over the hole to within
             # half the clearance; otherwise hover and re-centre (a peg that hits the rim tilts).
-            lateral = np.linalg.norm(s.params["hole"][:2] - s.objects["peg"][:2])
+            lateral = np.linalg.norm(s.params["hole"][:2] - peg_tip(s)[:2])
             z = max(bottom_z, s.tcp_pos[2] - 0.01) if lateral < 0.5 * CLEARANCE + 0.0005 else s.tcp_pos[2]
             return np.array([*aligned(s), z])
 
