@@ -119,6 +119,10 @@ setup(
             "serl-ctrl = serl_ctrl.cli:main",
             # --- ROS 2 node executables (`ros2 run serl_ctrl <name>`) go here, e.g.
             # "policy_node = serl_ctrl.ros.policy_node:main",
+            "sim_bridge = serl_ctrl.ros.sim_bridge:main",
+            "policy_node = serl_ctrl.ros.policy_node:main",
+            "actor_node = serl_ctrl.ros.actor_node:main",
+            "learner_node = serl_ctrl.ros.learner_node:main",
             # --- end of ROS 2 node executables
         ],
     },

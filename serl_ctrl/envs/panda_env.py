@@ -23,9 +23,9 @@ import numpy as np
 from gymnasium import spaces
 
 from .backend import BACKENDS, Backend, make_backend
-from .controller import ImpedanceGains, cartesian_coords, orientation_error_coords
+from .actions import action_to_target
+from .controller import ImpedanceGains
 from .panda import MAX_FINGER_WIDTH
-from .scene import WORKSPACE_HIGH, WORKSPACE_LOW
 from .tasks import Task, TaskState, make_task
 
 OBS_MODES = ("state", "pixels", "both")
@@ -111,17 +111,12 @@ class PandaEnv(gym.Env):
         for cam in self.cameras:
             obs_spaces[cam] = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
-        self._yaw_ref = 0.0
-        self._reference = np.zeros(6)
 
     # --- gymnasium API ----------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.task.reset(self.sim, self.np_random)
-        pos, quat = self.sim.tcp_pose()
-        self._reference = cartesian_coords(pos, quat)
-        self._yaw_ref = 0.0
         obs = self._observe()
         success, _ = self.task.evaluate(self.task_state())
         return obs, {"success": success, "is_success": success}
@@ -129,14 +124,10 @@ class PandaEnv(gym.Env):
     def step(self, action):
         action = self._check_action(action)
         pos, quat = self.sim.tcp_pose()
-        ref = self._reference
-        ref[:3] = np.clip(pos + action[:3] * self.pos_step, WORKSPACE_LOW, WORKSPACE_HIGH)
-        if self.yaw:
-            yaw_now = orientation_error_coords(quat)[2]
-            self._yaw_ref = float(np.clip(yaw_now + action[3] * self.yaw_step, -self.yaw_limit, self.yaw_limit))
-        ref[3:] = (0.0, 0.0, self._yaw_ref)
-        width = 0.5 * (1.0 - float(action[-1])) * MAX_FINGER_WIDTH
-        self.sim.set_reference(ref, width)
+        # The same mapping as the ROS policy node and the simulated arm (envs/actions.py).
+        target = action_to_target(action, pos, quat, pos_step=self.pos_step,
+                                  yaw_step=self.yaw_step if self.yaw else None, yaw_limit=self.yaw_limit)
+        self.sim.set_reference(target.coords(), target.gripper_width)
         self.sim.step(self.substeps)
 
         success, dense = self.task.evaluate(self.task_state())
