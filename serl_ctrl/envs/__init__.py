@@ -17,6 +17,7 @@ ENV_IDS = {
     "pickcube": "serl_ctrl/PandaPickCube-v0",
     "push": "serl_ctrl/PandaPush-v0",
     "insert": "serl_ctrl/PandaInsert-v0",
+    "avoid": "serl_ctrl/PandaAvoid-v0",
 }
 
 for _name, _env_id in ENV_IDS.items():

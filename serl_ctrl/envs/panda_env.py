@@ -161,7 +161,7 @@ class PandaEnv(gym.Env):
             )
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-        return np.clip(a, -1.0, 1.0)
+        return a  # clipped to [-1, 1] by action_to_target
 
     def _observe(self) -> dict[str, np.ndarray]:
         pos, quat = self.sim.tcp_pose()
@@ -171,7 +171,7 @@ class PandaEnv(gym.Env):
         obs = {
             "tcp_pose": np.concatenate([pos, quat]).astype(np.float32),
             "tcp_vel": np.concatenate([lin, ang]).astype(np.float32),
-            "gripper": np.array([np.clip(self.sim.finger_width() / MAX_FINGER_WIDTH, 0.0, 1.0)], dtype=np.float32),
+            "gripper": np.array([min(max(self.sim.finger_width() / MAX_FINGER_WIDTH, 0.0), 1.0)], dtype=np.float32),
         }
         if self.obs_mode != "pixels":
             obs.update(self.task.observe(self.sim))

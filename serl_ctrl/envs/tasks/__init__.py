@@ -1,12 +1,13 @@
 """The tasks of the Panda environments, by name."""
 
+from .avoid import Avoid
 from .base import Task, TaskState, WaypointExpert
 from .insert import Insert
 from .pick_cube import PickCube
 from .push import Push
 from .reach import Reach
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Reach, PickCube, Push, Insert)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Reach, PickCube, Push, Insert, Avoid)}
 
 
 def make_task(name: str) -> Task:

@@ -71,9 +71,15 @@ class Task(ABC):
     def expert(self) -> "WaypointExpert":
         """A scripted expert that solves this task from privileged state."""
 
+    def movable(self) -> tuple[str, ...]:
+        """Names of the movable objects (cached: ``scene()`` builds a new description each call)."""
+        if not hasattr(self, "_movable"):
+            self._movable = tuple(s.name for s in self.scene().shapes if s.movable)
+        return self._movable
+
     def state(self, backend: Backend) -> TaskState:
         pos, _ = backend.tcp_pose()
-        poses = {s.name: backend.object_pose(s.name) for s in self.scene().shapes if s.movable}
+        poses = {name: backend.object_pose(name) for name in self.movable()}
         return TaskState(pos, backend.finger_width(), {k: p for k, (p, _) in poses.items()}, dict(self.params),
                          {k: q for k, (_, q) in poses.items()})
 
