@@ -88,7 +88,7 @@ def action_to_target(
     if a.shape != (expected,):
         layout = "(dx, dy, dz, dyaw, gripper)" if yaw_step is not None else "(dx, dy, dz, gripper)"
         raise ValueError(f"action has {a.size} entries, expected {expected} {layout}")
-    if not np.all(np.isfinite(a)):
+    if not np.isfinite(a).all():
         raise ValueError(f"action contains NaN or inf: {a.tolist()}")
     # np.minimum/np.maximum rather than np.clip: its dispatch overhead is most of this function's
     # cost, and it runs at every control step.

@@ -159,7 +159,7 @@ class PandaEnv(gym.Env):
                 f"action has shape {a.shape}, expected {self.action_space.shape} "
                 f"(dx, dy, dz{', dyaw' if self.yaw else ''}, gripper)"
             )
-        if not np.all(np.isfinite(a)):
+        if not np.isfinite(a).all():
             raise ValueError(f"action contains NaN or inf: {a.tolist()}")
         return a  # clipped to [-1, 1] by action_to_target
 

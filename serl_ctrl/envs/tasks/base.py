@@ -7,6 +7,7 @@ A task never touches a physics engine directly: it talks to a
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable
@@ -82,6 +83,18 @@ class Task(ABC):
         poses = {name: backend.object_pose(name) for name in self.movable()}
         return TaskState(pos, backend.finger_width(), {k: p for k, (p, _) in poses.items()}, dict(self.params),
                          {k: q for k, (_, q) in poses.items()})
+
+
+def dist(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance of two small vectors (np.linalg.norm's dispatch costs more than the math
+    here, and rewards are computed at every control step)."""
+    d = a - b
+    return math.sqrt(float(d @ d))
+
+
+def squash(x: float, scale: float = 10.0) -> float:
+    """1 - tanh(scale * x): 1 at zero distance, towards 0 far away (the shaped reward terms)."""
+    return 1.0 - math.tanh(scale * x)
 
 
 def box_space(dim: int, low: float = -np.inf, high: float = np.inf) -> spaces.Box:

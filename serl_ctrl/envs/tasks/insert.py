@@ -8,7 +8,8 @@ import numpy as np
 from ..controller import quat_to_mat
 from ..panda import HOME_Q
 from ..scene import Scene, Shape
-from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, never, pose_obs, reached)
+from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, dist, never, pose_obs, reached,
+                   squash)
 
 PEG = (0.012, 0.012, 0.04)  # half extents
 CLEARANCE = 0.0015  # per side
@@ -72,10 +73,10 @@ class Insert(Task):
     def evaluate(self, state: TaskState):
         peg, hole = state.objects["peg"], state.params["hole"]
         bottom = peg[2] - PEG[2]
-        lateral = float(np.linalg.norm(peg[:2] - hole[:2]))
-        depth = hole[2] - bottom
+        lateral = dist(peg[:2], hole[:2])
+        depth = float(hole[2] - bottom)
         success = depth > self.insertion and lateral < OPENING
-        dense = 0.5 * (1.0 - np.tanh(20.0 * lateral)) + 0.5 * float(np.clip(depth / self.insertion, 0.0, 1.0))
+        dense = 0.5 * squash(lateral, 20.0) + 0.5 * min(max(depth / self.insertion, 0.0), 1.0)
         return bool(success), float(dense)
 
     def expert(self) -> WaypointExpert:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import Scene, Shape
-from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, after, never, pose_obs, reached)
+from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, after, dist, never, pose_obs, reached,
+                   squash)
 
 HALF = 0.02  # m: half the cube's edge
 
@@ -34,9 +35,8 @@ class PickCube(Task):
 
     def evaluate(self, state: TaskState):
         cube = state.objects["cube"]
-        lifted = cube[2] - HALF
-        reach = 1.0 - np.tanh(10.0 * np.linalg.norm(cube - state.tcp_pos))
-        dense = 0.3 * reach + 0.7 * float(np.clip(lifted / self.lift, 0.0, 1.0))
+        lifted = float(cube[2]) - HALF
+        dense = 0.3 * squash(dist(cube, state.tcp_pos)) + 0.7 * min(max(lifted / self.lift, 0.0), 1.0)
         return bool(lifted > self.lift), float(dense)
 
     def expert(self) -> WaypointExpert:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import Scene, Shape
-from .base import IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, never, pose_obs, reached
+from .base import (IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, dist, never, pose_obs,
+                   reached, squash)
 
 HALF = 0.025  # m: half the block's edge
 PUSH_HEIGHT = 0.022  # m: TCP height while pushing (finger tips ~1.5 cm above the table)
@@ -69,10 +70,9 @@ class Push(Task):
 
     def evaluate(self, state: TaskState):
         block = state.objects["block"]
-        dist = float(np.linalg.norm(block[:2] - state.params["target"][:2]))
-        reach = 1.0 - np.tanh(10.0 * max(0.0, np.linalg.norm(block - state.tcp_pos) - 0.04))
-        dense = 0.2 * reach + 0.8 * (1.0 - np.tanh(10.0 * dist))
-        return dist < self.tolerance, float(dense)
+        d = dist(block[:2], state.params["target"][:2])
+        dense = 0.2 * squash(max(0.0, dist(block, state.tcp_pos) - 0.04)) + 0.8 * squash(d)
+        return d < self.tolerance, dense
 
     def expert(self) -> WaypointExpert:
         high = lambda s: _behind(s, 0.08)  # noqa: E731

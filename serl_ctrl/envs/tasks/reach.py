@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..scene import Scene, Shape
-from .base import IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, never
+from .base import IDENTITY_QUAT, Segment, Task, TaskState, WaypointExpert, box_space, dist, never, squash
 
 
 class Reach(Task):
@@ -28,8 +28,8 @@ class Reach(Task):
         return {"target_pos": self.params["target"].astype(np.float32)}
 
     def evaluate(self, state: TaskState):
-        dist = float(np.linalg.norm(state.params["target"] - state.tcp_pos))
-        return dist < self.tolerance, float(1.0 - np.tanh(10.0 * dist))
+        d = dist(state.params["target"], state.tcp_pos)
+        return d < self.tolerance, squash(d)
 
     def expert(self) -> WaypointExpert:
         return WaypointExpert(
