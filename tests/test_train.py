@@ -79,3 +79,28 @@ def test_train_resume_and_export(tmp_path):
     env.close()
     assert report["success_rate"] == pytest.approx(result["success_rate"])  # same seeds, same policy
     assert np.isfinite(report["act_ms_p50"]) and report["infer_ms_p50"] < 5.0
+
+
+def test_train_imitation_command_exports_an_onnx_chunk_policy(tmp_path):
+    """serl-ctrl train --algo bc: trains on demos, evaluates, exports a chunked policy.onnx that
+    serl-ctrl eval runs through the same runtime."""
+    import subprocess
+    import sys
+
+    record_demonstrations("reach", tmp_path / "demos", n=5)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "bc", "--task", "reach", "--demos",
+           str(tmp_path / "demos"), "--steps", "200", "--eval-episodes", "3", "--out", str(run), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["algo"] == "bc" and 0.0 <= result["success_rate"] <= 1.0
+    card = json.loads((run / "policy.json").read_text())
+    assert card["algo"] == "bc" and card["parity_max_abs_diff"] <= 1e-5
+    from serl_ctrl.runtime import load_policy
+
+    policy = load_policy(run / "policy.onnx")
+    assert policy.spec.horizon > 1 and policy.spec.n_action_steps < policy.spec.horizon
+    bad = subprocess.run([sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "diffusion", "--task", "reach",
+                          "--out", str(tmp_path / "x"), "--json"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--demos" in bad.stdout.strip().splitlines()[-1]

@@ -6,7 +6,8 @@ import argparse
 import shlex
 import sys
 
-ALGOS = ("sac",)
+ALGOS = ("sac", "diffusion", "consistency", "bc")
+IMITATION = ("diffusion", "consistency", "bc")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="env steps (default: 20000)")
     parser.add_argument("--out", required=True, help="run folder (config, checkpoints, logs, policy.onnx)")
     parser.add_argument("--config", help="YAML file of run fields, with the agent's under 'sac:'")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="sac.FIELD=VALUE",
-                        help="override an agent setting, e.g. --set sac.utd=8 (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an agent setting, e.g. --set sac.utd=8, or --set horizon=16 for "
+                             "imitation algorithms (repeatable)")
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: 2000)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
     parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000)")
@@ -34,14 +36,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     if args.algo not in ALGOS:
         raise ValueError(f"unknown --algo {args.algo!r}; valid: {', '.join(ALGOS)}")
-    from ..agents.train_sac import RunConfig, train_sac
     from ..utils.progress import progress
+
+    command = "serl-ctrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.algo in IMITATION:
+        return _run_imitation(args, progress, command)
+    from ..agents.train_sac import RunConfig, train_sac
 
     values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs, "reward": args.reward,
               "demos": args.demos, "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
               "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
               "intervention": args.intervention, "threads": args.threads}
     cfg = RunConfig.load(args.config, values, args.overrides)
-    command = "serl-ctrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return train_sac(cfg, args.out, resume=args.resume, progress=progress, command=command,
                      export=not args.no_export)
+
+
+def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
+    import yaml
+
+    from ..agents.imitation_run import run_imitation
+
+    if not args.demos:
+        raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
+    if args.env_id or args.resume or args.intervention:
+        raise ValueError(f"--env, --resume and --intervention apply to --algo sac only, not {args.algo}")
+    overrides = {}
+    for item in args.overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like FIELD=VALUE")
+        overrides[key.strip()] = yaml.safe_load(raw)
+    return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
+                         steps=args.steps, seed=args.seed, overrides=overrides,
+                         eval_episodes=args.eval_episodes or 20, progress=progress, command=command,
+                         export=not args.no_export)

@@ -1,0 +1,327 @@
+"""Imitation benchmarks: diffusion vs consistency vs Gaussian BC (issue 4). Prints four tables.
+
+1. **Success** over ``--eval-seeds`` (50) seeds on PickCube and Push from ``--demos`` (100) scripted
+   demonstrations (expert noise 0.1), state observations: diffusion (DDPM-100, epsilon prediction,
+   Min-SNR-5, sampled with DDIM-10; and the same with x_0 prediction), consistency (consistency training
+   + auxiliary denoising loss, 1 and 3 steps), Gaussian BC (MSE). Goal: consistency 1-step within 5
+   points of DDIM-10.
+2. **Latency** per action chunk (``predict_action``, batch 1) for the same network, 1 and 2 torch
+   threads: DDIM-10 vs consistency 1/3 steps, MLP and U-Net denoisers. Goal: 1-step >= 10x faster.
+3. **SGAC under perturbation** (PickCube; the cube jumps 5-7 cm sideways when the open gripper is
+   about to grasp it): success with and without self-guidance and adaptive chunking.
+4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
+   collisions and which side was taken.
+
+    python bench/bench_imitation.py                       # defaults: <= ~20 min on 2 idle cores
+    python bench/bench_imitation.py --quick               # a smoke run (~3 min), numbers meaningless
+    python bench/bench_imitation.py --demos 200 --scale 2 --denoiser unet --distill   # bigger
+
+Evaluation seeds start at 1000 (demonstrations use 0..N-1). ``--json`` prints every result as one
+JSON line at the end. Timings depend on the machine's load: the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serl_ctrl.agents.bc import BCPolicy
+from serl_ctrl.agents.consistency import ConsistencyPolicy
+from serl_ctrl.agents.diffusion import DiffusionPolicy
+from serl_ctrl.agents.imitation import ChunkDataset, rollout_success, train_policy
+from serl_ctrl.data.demos import record_demonstrations
+from serl_ctrl.data.episodes import load_episodes
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
+
+
+def configs(args) -> dict[str, dict]:
+    common = {"lr": 1e-3, "batch_size": 128, "n_obs_steps": 2, "horizon": 16, "n_action_steps": 8}
+    net = {"denoiser": args.denoiser, "mlp_hidden": (256, 256, 256), "down_dims": (64, 128, 256)}
+    return {
+        "diffusion": {**common, **net, "num_inference_steps": 10},  # epsilon prediction, Min-SNR-5 (defaults)
+        "diffusion_x0": {**common, **net, "num_inference_steps": 10, "prediction_type": "sample"},
+        "consistency": {**common, **net, "mode": "ct", "dsm_weight": args.ct_dsm},
+        "bc": {**common, "hidden_dims": (256, 256, 256), "loss": "mse"},
+    }
+
+
+def demos(task: str, n: int, root: Path, noise: float) -> Path:
+    out = root / f"{task}_{n}_{noise}"
+    if not (out.is_dir() and any(out.glob("episode_*.npz"))):
+        shutil.rmtree(out, ignore_errors=True)
+        rep = record_demonstrations(task, out, n, seed=0, noise=noise)
+        log(f"demos {task}: {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
+    return out
+
+
+def train(cls, ds, cfg, steps, seed, teacher=None):
+    extra = {"teacher": teacher} if teacher is not None else {}
+    policy = cls.from_dataset(ds, cfg, seed=seed, **extra)
+    m = train_policy(policy, ds, steps, seed=seed, log_every=max(steps // 4, 1))
+    log(f"  trained {cls.algo} {steps} steps in {m['wall_s']:.0f} s, loss {m['final_loss']:.4f}")
+    return policy, m
+
+
+def evaluate(policy, task, seeds, **kw):
+    r = rollout_success(policy, task, episodes=seeds, seed=1000, **kw)
+    r.pop("records")
+    return r
+
+
+# ----------------------------------------------------------------------------- 1. success
+
+
+def bench_success(args, root: Path, results: dict) -> dict:
+    cfgs = configs(args)
+    policies = {}
+    rows = []
+    for task in args.tasks:
+        ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise)), None, 2, 16)
+        diff, md = train(DiffusionPolicy, ds, cfgs["diffusion"], args.steps_diffusion, args.seed)
+        diff0, md0 = train(DiffusionPolicy, ds, cfgs["diffusion_x0"], args.steps_diffusion, args.seed)
+        cons, mc = train(ConsistencyPolicy, ds, cfgs["consistency"], args.steps_consistency, args.seed)
+        bc, mb = train(BCPolicy, ds, cfgs["bc"], args.steps_bc, args.seed)
+        policies[task] = {"diffusion": diff, "consistency": cons, "bc": bc}
+        ct = f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''})"
+        entries = [("diffusion (eps, spec)", "DDIM-10", 10, diff, md, {}),
+                   ("diffusion (x0-pred)", "DDIM-10", 10, diff0, md0, {}),
+                   (ct, "1 step", 1, cons, mc, {"num_inference_steps": 1}),
+                   (ct, "3 steps", 3, cons, mc, {"num_inference_steps": 3}),
+                   ("Gaussian BC (MSE)", "mean", 1, bc, mb, {})]
+        if args.distill:
+            cd, mcd = train(ConsistencyPolicy, ds, {**cfgs["consistency"], "cd_stride": 10},
+                            args.steps_consistency, args.seed, teacher=diff)
+            entries += [("consistency (CD)", "1 step", 1, cd, mcd, {"num_inference_steps": 1}),
+                        ("consistency (CD)", "3 steps", 3, cd, mcd, {"num_inference_steps": 3})]
+        for name, sampler, nfe, pol, m, setting in entries:
+            for k, v in setting.items():
+                setattr(pol.config, k, v)
+            r = evaluate(pol, task, args.eval_seeds)
+            rows.append({"task": task, "policy": name, "sampler": sampler, "nfe": nfe, **r,
+                         "train_steps": m["steps"], "train_s": m["wall_s"]})
+            log(f"  {task} {name} {sampler}: {r['success_rate']:.0%}")
+        cons.config.num_inference_steps = 1
+    print(f"\n### 1. Success over {args.eval_seeds} seeds, {args.demos} demos (noise {args.noise}), state obs, "
+          f"{args.denoiser} denoiser\n")
+    print("| task | policy | sampler | NFE | success | mean steps | ms / chunk | train steps | train s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['task']} | {r['policy']} | {r['sampler']} | {r['nfe']} | {r['successes']}/{r['episodes']} "
+              f"({r['success_rate']:.0%}) | {r['mean_steps']:.1f} | {r['mean_infer_ms']:.1f} | {r['train_steps']} "
+              f"| {r['train_s']:.0f} |")
+    sys.stdout.flush()
+    results["success"] = rows
+    return policies
+
+
+# ----------------------------------------------------------------------------- 2. latency
+
+
+def _latency_policy(cls, denoiser, ds, **cfg):
+    base = {"denoiser": denoiser, "mlp_hidden": (256, 256, 256), "down_dims": (64, 128, 256)}
+    return cls.from_dataset(ds, {**base, **cfg}, seed=0).eval()
+
+
+def bench_latency(args, root: Path, results: dict) -> None:
+    ds = ChunkDataset(load_episodes(demos("pickcube", min(args.demos, 20), root, args.noise)), None, 2, 16)
+    hist = {k: v[0] for k, v in ds.get(np.array([5]))["obs"].items()}
+    rows = []
+    for denoiser in args.latency_denoisers:
+        diff = _latency_policy(DiffusionPolicy, denoiser, ds)
+        cons = _latency_policy(ConsistencyPolicy, denoiser, ds)
+        cons.denoiser.load_state_dict(diff.denoiser.state_dict())  # literally the same network
+        variants = [("diffusion", "DDIM-10", diff, {"num_inference_steps": 10}),
+                    ("diffusion", "DDIM-10 + self-guidance (batched)", diff, {"num_inference_steps": 10,
+                                                                             "guidance_w": 1.0}),
+                    ("consistency", "1 step", cons, {"num_inference_steps": 1}),
+                    ("consistency", "3 steps", cons, {"num_inference_steps": 3})]
+        for name, sampler, pol, setting in variants:
+            for k, v in setting.items():
+                setattr(pol.config, k, v)
+            row = {"denoiser": denoiser, "policy": name, "sampler": sampler}
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for _ in range(5):
+                    pol.predict_action(hist)
+                n = args.latency_calls if denoiser == "mlp" else max(args.latency_calls // 5, 10)
+                times = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    pol.predict_action(hist)
+                    times.append(time.perf_counter() - t0)
+                row[f"ms_{threads}t"] = 1e3 * float(np.median(times))
+            torch.set_num_threads(1)
+            pol.config.guidance_w = 0.0
+            rows.append(row)
+    print(f"\n### 2. Latency per action chunk (predict_action, batch 1, median; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
+    print("| denoiser | policy | sampler | 1 thread (ms) | 2 threads (ms) | speed-up vs DDIM-10 (1 thread) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ref = next(x for x in rows if x["denoiser"] == r["denoiser"] and x["sampler"] == "DDIM-10")
+        print(f"| {r['denoiser']} | {r['policy']} | {r['sampler']} | {r['ms_1t']:.2f} | {r['ms_2t']:.2f} | "
+              f"{ref['ms_1t'] / r['ms_1t']:.1f}x |")
+    sys.stdout.flush()
+    results["latency"] = rows
+
+
+# ----------------------------------------------------------------------------- 3. SGAC
+
+
+def cube_jump(env, step, rng) -> bool:
+    """Move the cube 5-7 cm sideways once, when the open gripper is about to grasp it."""
+    base = env.unwrapped
+    if step == 0:
+        base._bench_jumped = False
+    if base._bench_jumped:
+        return False
+    s = base.task_state()
+    cube = s.objects["cube"]
+    near = np.linalg.norm(s.tcp_pos[:2] - cube[:2]) < 0.02 and s.tcp_pos[2] - cube[2] < 0.05
+    if not near or s.finger_width < 0.06:
+        return False
+    for _ in range(20):
+        ang, dist = rng.uniform(-np.pi, np.pi), rng.uniform(0.05, 0.07)
+        new = cube[:2] + dist * np.array([np.cos(ang), np.sin(ang)])
+        if np.all(new >= [0.4, -0.15]) and np.all(new <= [0.6, 0.15]):
+            break
+    _, quat = base.sim.object_pose("cube")
+    base.sim.set_object_pose("cube", np.array([*new, cube[2]]), quat)
+    base._bench_jumped = True
+    return True
+
+
+def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
+    task = "pickcube"
+    if task not in policies:
+        ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise)), None, 2, 16)
+        diff, _ = train(DiffusionPolicy, ds, configs(args)["diffusion"], args.steps_diffusion, args.seed)
+        cons, _ = train(ConsistencyPolicy, ds, configs(args)["consistency"], args.steps_consistency, args.seed)
+        policies[task] = {"diffusion": diff, "consistency": cons}
+    rows = []
+    w, tau = args.guidance, args.tau
+    settings = [("diffusion DDIM-10", "diffusion", 0.0, None), ("diffusion DDIM-10", "diffusion", 0.0, 0.9),
+                ("diffusion DDIM-10", "diffusion", 0.0, tau), ("diffusion DDIM-10", "diffusion", w, None),
+                ("diffusion DDIM-10", "diffusion", w, tau), ("diffusion DDIM-10", "diffusion", 1.0, None),
+                ("consistency 1 step", "consistency", 0.0, None), ("consistency 1 step", "consistency", 0.0, tau)]
+    for name, algo, w, tau in settings:
+        pol = policies[task][algo]
+        if algo == "diffusion":
+            pol.config.guidance_w = w
+        else:
+            pol.config.num_inference_steps = 1
+        for perturbed in (False, True):
+            r = evaluate(pol, task, args.eval_seeds, adaptive_tau=tau, perturb=cube_jump if perturbed else None)
+            rows.append({"policy": name, "guidance_w": w, "adaptive_tau": tau, "perturbed": perturbed, **r})
+            log(f"  sgac {name} w={w} tau={tau} perturbed={perturbed}: {r['success_rate']:.0%}")
+        if algo == "diffusion":
+            pol.config.guidance_w = 0.0
+    print(f"\n### 3. SGAC on PickCube, {args.eval_seeds} seeds: the cube jumps 5-7 cm when the gripper is about "
+          "to grasp it\n")
+    print("| policy | self-guidance w | adaptive chunking tau | success (no jump) | success (jump) | "
+          "inferences / episode (jump) |")
+    print("|---|---|---|---|---|---|")
+    for a, b in zip(rows[::2], rows[1::2]):
+        tau = "off (8 of 16 open loop)" if a["adaptive_tau"] is None else f"{a['adaptive_tau']}"
+        print(f"| {a['policy']} | {a['guidance_w']} | {tau} | {a['success_rate']:.0%} | {b['success_rate']:.0%} | "
+              f"{b['inferences_per_episode']:.1f} |")
+    sys.stdout.flush()
+    results["sgac"] = rows
+
+
+# ----------------------------------------------------------------------------- 4. multimodality
+
+
+def bench_modes(args, root: Path, results: dict) -> None:
+    task = "avoid"
+    ds = ChunkDataset(load_episodes(demos(task, args.demos, root, 0.0)), None, 2, 16)
+    cfgs = configs(args)
+    rows = []
+    for name, cls, cfg, steps, setting in [
+        ("diffusion (eps) DDIM-10", DiffusionPolicy, cfgs["diffusion"], args.steps_modes, {}),
+        ("diffusion (x0-pred) DDIM-10", DiffusionPolicy, cfgs["diffusion_x0"], args.steps_modes // 3, {}),
+        (f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''}) 1 step", ConsistencyPolicy,
+         cfgs["consistency"], args.steps_modes * 2 // 3, {}),
+        ("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1), {}),
+    ]:
+        pol, m = train(cls, ds, cfg, steps, args.seed)
+        r = rollout_success(pol, task, episodes=args.eval_seeds, seed=1000)
+        sides = r.pop("records")
+        left = sum(1 for s in sides if s.get("side") == 1)
+        right = sum(1 for s in sides if s.get("side") == -1)
+        rows.append({"policy": name, **r, "left": left, "right": right})
+        log(f"  avoid {name}: {r['success_rate']:.0%}, collisions {r['mean_collided']:.0%}, L/R {left}/{right}")
+    print(f"\n### 4. Multimodality on Avoid ({args.demos} demos, the expert passes left or right by a coin flip), "
+          f"{args.eval_seeds} seeds\n")
+    print("| policy | success | collisions | passed left | passed right |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['policy']} | {r['success_rate']:.0%} | {r['mean_collided']:.0%} | {r['left']} | {r['right']} |")
+    sys.stdout.flush()
+    results["modes"] = rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=["pickcube", "push"])
+    p.add_argument("--demos", type=int, default=100)
+    p.add_argument("--noise", type=float, default=0.1, help="expert action noise of the demonstrations")
+    p.add_argument("--eval-seeds", type=int, default=50)
+    p.add_argument("--denoiser", default="mlp", choices=("mlp", "unet"))
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every training budget")
+    p.add_argument("--steps-diffusion", type=int, default=6000)
+    p.add_argument("--steps-consistency", type=int, default=4000)
+    p.add_argument("--steps-bc", type=int, default=3000)
+    p.add_argument("--steps-modes", type=int, default=6000, help="Avoid: diffusion (eps) steps; x0-pred and BC "
+                   "get a third, consistency two thirds")
+    p.add_argument("--ct-dsm", type=float, default=1.0, help="consistency training: weight of the auxiliary "
+                   "denoising loss (0 = pure consistency training)")
+    p.add_argument("--distill", action="store_true", help="also distil a consistency policy from the diffusion one")
+    p.add_argument("--guidance", type=float, default=0.3, help="self-guidance weight w for table 3 (also: 1.0)")
+    p.add_argument("--tau", type=float, default=0.5, help="adaptive chunking threshold for table 3 (also: 0.9)")
+    p.add_argument("--latency-denoisers", nargs="+", default=["mlp", "unet"])
+    p.add_argument("--latency-calls", type=int, default=200)
+    p.add_argument("--only", nargs="+", default=["success", "latency", "sgac", "modes"])
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the methods")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench_imitation", help="demonstrations are cached here")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.demos, args.eval_seeds, args.latency_calls = 20, 5, 20
+        args.steps_diffusion = args.steps_consistency = args.steps_bc = args.steps_modes = 200
+    for name in ("steps_diffusion", "steps_consistency", "steps_bc", "steps_modes"):
+        setattr(args, name, max(1, int(getattr(args, name) * args.scale)))
+    torch.set_num_threads(1)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict = {"args": vars(args)}
+    start = time.perf_counter()
+    policies: dict = {}
+    if "success" in args.only:
+        policies = bench_success(args, root, results)
+    if "latency" in args.only:
+        bench_latency(args, root, results)
+    if "sgac" in args.only:
+        bench_sgac(args, root, policies, results)
+    if "modes" in args.only:
+        bench_modes(args, root, results)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores")
+    if args.json:
+        print(json.dumps(results, default=str))
+
+
+if __name__ == "__main__":
+    main()

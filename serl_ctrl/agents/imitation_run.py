@@ -1,0 +1,43 @@
+"""A whole imitation run, as ``serl-ctrl train --algo diffusion|consistency|bc`` does it:
+train on demonstrations, evaluate on fixed seeds, export ``policy.onnx`` with its model card.
+
+The exported graph is the policy's ``deploy`` module: observations in (uint8 images, state in env
+units; normalisation inside), the action chunk out, with the sampler's noise fixed in the graph so
+torch and onnxruntime agree exactly (see ``imitation.DeployModule``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..export.onnx_export import export_onnx, git_commit, write_card
+from .imitation import load_policy, rollout_success, runtime_policy, train_imitation
+
+EVAL_SEED = 10_000
+
+
+def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = None, backend: str = "mujoco",
+                  steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
+                  eval_episodes: int = 20, progress: Callable | None = None, command: str | None = None,
+                  export: bool = True) -> dict:
+    out = Path(out)
+    trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress)
+    policy = load_policy(trained["checkpoint"])
+    task = task or policy.metadata.get("task")
+    result: dict[str, Any] = {"algo": algo, "checkpoint": trained["checkpoint"], "run": str(out),
+                              **{k: v for k, v in trained["metrics"].items() if isinstance(v, (int, float, str))}}
+    if task:
+        ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
+        result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
+    if export:
+        spec = runtime_policy(policy).spec
+        spec = type(spec)(**{**spec.__dict__, "task": task, "obs_mode": None,
+                             "extra": {"command": command, "commit": git_commit(), "demos": str(demos)}})
+        path = out / "policy.onnx"
+        report = export_onnx(policy.export_modules()["deploy"], spec, path)
+        write_card(path, algo=algo, task=task, success_rate=result.get("success_rate"),
+                   eval_episodes=eval_episodes if task else None, eval_seeds=f"{EVAL_SEED}+",
+                   parity_max_abs_diff=report.parity_max_abs_diff, command=command, commit=git_commit())
+        result["policy"] = str(path)
+    return result
