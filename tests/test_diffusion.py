@@ -307,7 +307,7 @@ def test_state_diffusion_policy_overfits_reach_demos_and_succeeds(reach_demos, t
     cfg = {"denoiser": "mlp", "mlp_hidden": (128, 128), "time_embed_dim": 32, "lr": 2e-3, "batch_size": 64,
            "warmup_steps": 20, "n_action_steps": 2, "prediction_type": "sample"}
     result = train_imitation("diffusion", reach_demos, tmp_path / "run", cfg, steps=400, seed=0)
-    assert result["checkpoint"].endswith("policy.safetensors") and (tmp_path / "run" / "metrics.json").is_file()
+    assert result["checkpoint"].endswith("model.safetensors") and (tmp_path / "run" / "metrics.json").is_file()
     policy = load_policy(result["checkpoint"])
     ev = rollout_success(policy, "reach", episodes=4, seed=100)  # the demonstrated seeds: overfitting is the test
     assert ev["success_rate"] >= 0.75, ev

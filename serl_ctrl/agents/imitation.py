@@ -143,6 +143,13 @@ class ImitationConfig:
                 v = tuple(v)
             elif tp is float and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
+            elif tp is float and isinstance(v, str):
+                try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                    v = float(v)
+                except ValueError:
+                    raise ConfigError(f"{cls.__name__}.{k}: expected a number, got {v!r}") from None
+            if tp in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"{cls.__name__}.{k}: expected {tp.__name__}, got {v!r}")
             kwargs[k] = v
         return cls(**kwargs)
 
@@ -654,20 +661,20 @@ class DeployModule(nn.Module):
     """``actions (B, H, A) = g(obs: dict of batched tensors)``: what ``serl_ctrl.export`` and the
     runtime take (graph inputs = observation keys only).
 
-    Wraps a positional export module whose trailing inputs are noise tensors, feeding it FIXED noise
-    (buffers drawn once from ``noise_seed``): the graph is deterministic, so torch / ONNX parity is
-    exact, at the price of one fixed noise draw per observation (a sampled policy that always
-    picks the same sample for the same observation). For fresh noise per call, export the module
-    with noise inputs (``export_modules()``) and feed noise from the caller."""
+    Wraps a positional export module whose trailing inputs are noise tensors, feeding it the MODE
+    of the noise distribution (zeros): the graph is deterministic, so torch / ONNX parity is exact,
+    and the robot gets the sampler's most likely chunk for each observation. (A single random draw
+    frozen into the graph looked equivalent but is not: a 1-step consistency policy with one fixed
+    draw succeeded 0/20 on PickCube where zeros gave 20/20 and fresh draws 80%.) For fresh noise per
+    call, export the module with noise inputs (``export_modules()``) and feed noise from the caller."""
 
-    def __init__(self, inner: ExportModule, noise_shapes: Sequence[tuple[int, ...]] = (), noise_seed: int = 0) -> None:
+    def __init__(self, inner: ExportModule, noise_shapes: Sequence[tuple[int, ...]] = ()) -> None:
         super().__init__()
         self.inner = inner
         self.obs_keys = list(inner.obs_keys)
-        g = torch.Generator().manual_seed(noise_seed)
         self.n_noise = len(noise_shapes)
         for i, shape in enumerate(noise_shapes):
-            self.register_buffer(f"noise_{i}", torch.randn((1, *shape), generator=g))
+            self.register_buffer(f"noise_{i}", torch.zeros((1, *shape)))
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         b = obs[self.obs_keys[0]].shape[0]
@@ -791,8 +798,8 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
         steps: gradient steps (default: the config's ``train_steps``).
         seed: seeds initialisation, minibatches, noise and augmentation.
 
-    Returns ``{"metrics": {...}, "checkpoint": "<out_dir>/policy.safetensors"}``; the folder also
-    holds ``policy.json`` (config, shapes, normaliser-free description) and ``metrics.json``.
+    Returns ``{"metrics": {...}, "checkpoint": "<out_dir>/model.safetensors"}``; the folder also
+    holds ``model.json`` (config, shapes, normaliser-free description) and ``metrics.json``.
     """
     from serl_ctrl.data.episodes import load_episodes
 
@@ -813,7 +820,7 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
     metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = policy.save(out / "policy")
+    path = policy.save(out / "model")  # not "policy": policy.onnx + its card policy.json go beside it
     summary = {k: v for k, v in metrics.items() if k != "history"}
     atomic_write_text(out / "metrics.json", json.dumps({"algo": algo, **metrics}, indent=1) + "\n")
     return {"metrics": summary, "checkpoint": str(path)}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..export.onnx_export import export_onnx, git_commit, write_card
-from .imitation import load_policy, rollout_success, runtime_policy, train_imitation
+from .imitation import load_policy, obs_mode_for, rollout_success, runtime_policy, train_imitation
 
 EVAL_SEED = 10_000
 
@@ -27,17 +27,35 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
     task = task or policy.metadata.get("task")
     result: dict[str, Any] = {"algo": algo, "checkpoint": trained["checkpoint"], "run": str(out),
                               **{k: v for k, v in trained["metrics"].items() if isinstance(v, (int, float, str))}}
+    if not export:
+        if task:
+            ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
+            result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
+        return result
+    spec = runtime_policy(policy).spec
+    obs_mode = obs_mode_for(policy, task) if task else None
+    spec = type(spec)(**{**spec.__dict__, "task": task, "obs_mode": obs_mode,
+                         "extra": {"command": command, "commit": git_commit(), "demos": str(demos)}})
+    path = out / "policy.onnx"
+    report = export_onnx(policy.export_modules()["deploy"], spec, path)
+    card: dict[str, Any] = {}
     if task:
-        ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
-        result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
-    if export:
-        spec = runtime_policy(policy).spec
-        spec = type(spec)(**{**spec.__dict__, "task": task, "obs_mode": None,
-                             "extra": {"command": command, "commit": git_commit(), "demos": str(demos)}})
-        path = out / "policy.onnx"
-        report = export_onnx(policy.export_modules()["deploy"], spec, path)
-        write_card(path, algo=algo, task=task, success_rate=result.get("success_rate"),
-                   eval_episodes=eval_episodes if task else None, eval_seeds=f"{EVAL_SEED}+",
-                   parity_max_abs_diff=report.parity_max_abs_diff, command=command, commit=git_commit())
-        result["policy"] = str(path)
+        # The card describes the file beside it: evaluate the exported graph, as the robot runs it.
+        from ..runtime.evaluate import evaluate, make_eval_env
+        from ..runtime.onnx_policy import OnnxPolicy
+
+        deployed = OnnxPolicy(path, verify_card=False)
+        env = make_eval_env(deployed, task, backend=backend)
+        try:
+            ev = evaluate(deployed, env, eval_episodes, seed=EVAL_SEED, progress=progress)
+        finally:
+            env.close()
+        card = {"success_rate": ev["success_rate"], "eval_episodes": eval_episodes, "eval_seeds": f"{EVAL_SEED}+",
+                "eval_backend": backend, "infer_ms_p50": ev["infer_ms_p50"]}
+        result.update(task=task, **card)
+    write_card(path, algo=algo, task=task, obs=obs_mode,
+               sampler_steps=getattr(policy.config, "num_inference_steps", None),
+               parity_max_abs_diff=report.parity_max_abs_diff, command=command, commit=git_commit(), **card)
+    result["policy"] = str(path)
     return result
+
