@@ -13,7 +13,7 @@ The same code runs from three places, and each keeps the folders somewhere else:
 
     >>> from serl_ctrl.paths import data_dir, find_policy
     >>> data_dir("sim")                      # doctest: +SKIP
-    PosixPath('/work/main/sim')
+    PosixPath('<checkout>/sim')
     >>> find_policy("pickcube_sac")          # policies/pickcube_sac.onnx  # doctest: +SKIP
 """
 

@@ -34,7 +34,8 @@ from std_srvs.srv import Trigger
 from ..envs.actions import action_to_target
 from ..runtime.safety import SafetyFilter, SafetyLimits, stale_inputs
 from . import convert, transport
-from .common import COMMAND_QOS, LATCHED_QOS, STATE_QOS, STREAM_QOS, diagnostic_array, run_node, subscribe_observations
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STREAM_QOS, diagnostic_array, guarded, run_node,
+                     subscribe_observations)
 from .params import ACTOR_NODE, ParameterError, declare, on_set_validator
 
 
@@ -105,11 +106,7 @@ class ActorNode(Node):
         self._tcp = (pos, quat, stamp)
 
     def _guard(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except ValueError as exc:
-            self.errors += 1
-            self.get_logger().error(f"ignored a message: {exc}", throttle_duration_sec=5.0)
+        guarded(self, fn, *args)
 
     def _on_reward(self, msg: Float64MultiArray) -> None:
         d = np.asarray(msg.data, dtype=np.float64)

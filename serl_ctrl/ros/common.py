@@ -118,6 +118,16 @@ def set_realtime_priority(priority: int, logger=None) -> bool:
     return True
 
 
+def guarded(node, fn: Callable, *args) -> None:
+    """Run a message conversion; a malformed message is counted in ``node.errors``, logged
+    (throttled) and ignored, so one bad publisher cannot stop a control loop."""
+    try:
+        fn(*args)
+    except ValueError as exc:
+        node.errors += 1
+        node.get_logger().error(f"ignored a message: {exc}", throttle_duration_sec=5.0)
+
+
 def subscribe_observations(node, builder, on_tcp: Callable, guard: Callable) -> list:
     """Subscribe ``node`` to the topics ``builder`` (a convert.ObservationBuilder) needs, plus
     ``tcp_pose`` always (the action mapping needs the TCP): ``on_tcp(pos, quat, stamp, recv)``.

@@ -44,7 +44,7 @@ from std_msgs.msg import Float64MultiArray, String
 from ..envs.actions import action_to_target
 from ..runtime.safety import SafetyFilter, SafetyLimits, stale_inputs
 from . import convert
-from .common import (COMMAND_QOS, STATE_QOS, diagnostic_array, run_node, set_realtime_priority,
+from .common import (COMMAND_QOS, STATE_QOS, diagnostic_array, guarded, run_node, set_realtime_priority,
                      subscribe_observations)
 from .params import POLICY_NODE, declare, on_set_validator
 
@@ -217,12 +217,7 @@ class PolicyNode(LifecycleNode):
         self._subs = subscribe_observations(self, self.builder, on_tcp, self._guard)
 
     def _guard(self, fn, *args) -> None:
-        """Run a conversion; a malformed message is logged (throttled) and ignored."""
-        try:
-            fn(*args)
-        except ValueError as exc:
-            self.errors += 1
-            self.get_logger().error(f"ignored a message: {exc}", throttle_duration_sec=5.0)
+        guarded(self, fn, *args)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.params["realtime_priority"] and not self._realtime:
