@@ -16,30 +16,13 @@ from serl_ctrl.agents.diffusion import (DiffusionConfig, DiffusionPolicy, ddim_s
                                         make_betas)
 from serl_ctrl.agents.imitation import (ChunkDataset, ConfigError, ImitationPolicy, load_policy, rollout_success,
                                         train_imitation, train_policy)
-from serl_ctrl.data.episodes import Episode
+from imitation_helpers import toy_episodes
 from serl_ctrl.nn.normalizer import Normalizer
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic, and fair to a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def toy_episodes(n: int = 4, T: int = 6, action_fn=None, seed: int = 0) -> list[Episode]:
-    """Episodes with a 2-d state ``x`` (= step index, episode index) and 2-d actions."""
-    rng = np.random.default_rng(seed)
-    eps = []
-    for e in range(n):
-        obs = {"x": np.stack([np.arange(T + 1), np.full(T + 1, e)], 1).astype(np.float32)}
-        act = action_fn(e, T, rng) if action_fn else np.stack([np.arange(T), -np.arange(T)], 1).astype(np.float32)
-        eps.append(Episode(observations=obs, actions=act.astype(np.float32), rewards=np.zeros(T, np.float32),
-                           terminated=np.zeros(T, bool), truncated=np.zeros(T, bool), success=np.zeros(T, bool),
-                           instructions=[""] * T, metadata={"task": "toy", "action_low": [-1e3, -1e3],
-                                                            "action_high": [1e3, 1e3]}))
-    return eps
 
 
 # ============================================================================ schedule and DDIM

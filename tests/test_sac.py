@@ -23,12 +23,7 @@ from serl_ctrl.nn.encoders import random_shift  # noqa: E402
 from serl_ctrl.nn.mlp import EnsembleMLP, LoopedEnsembleMLP  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # deterministic, and fair to a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TinyPixelEnv(gym.Env):
