@@ -247,6 +247,37 @@ def test_learner_transition_interface_and_fixed_utd():
                                   learner.agent.act(o, deterministic=True))
 
 
+def test_state_normalizer_fitted_once_on_demo_and_online_frames_then_frozen():
+    """The state statistics come from every stored frame (demos + online) at the first update,
+    never change afterwards, and travel with the actor weights (the actor acts like the learner)."""
+    env = TinyPixelEnv()
+    cfg = small_cfg(learning_starts=6)
+    demo = ReplayBuffer(env.observation_space, env.action_space, 50)
+    for t in rollout(env, 8, seed=5):
+        demo.add(t.obs, t.action, t.reward, t.next_obs, t.terminated, t.truncated)
+    learner = Learner(SACAgent(env.observation_space, env.action_space, cfg, seed=0), demo_buffer=demo, seed=0)
+    assert learner.agent.needs_state_stats
+    ts = rollout(env, 12)
+    learner.add_transitions(ts[:6])  # the 6th transition triggers the first update
+    assert not learner.agent.needs_state_stats
+    frames = np.concatenate([demo.stored_frames(["tcp"])["tcp"], learner.online.stored_frames(["tcp"])["tcp"]])
+    norm = learner.agent.encoder.state_norm
+    np.testing.assert_allclose(norm.scale.numpy(), 1 / np.maximum(frames.std(0), 1e-2), rtol=1e-5)
+    np.testing.assert_allclose(norm.offset.numpy(), -frames.mean(0) / np.maximum(frames.std(0), 1e-2),
+                               rtol=1e-4, atol=1e-6)
+    target = learner.agent.target_encoder.state_norm
+    assert torch.equal(target.scale, norm.scale) and torch.equal(target.offset, norm.offset)
+    before = norm.scale.clone()
+    learner.add_transitions(ts[6:])
+    assert torch.equal(norm.scale, before)  # frozen: buffers, not trained, not refitted
+    actor = SACAgent(env.observation_space, env.action_space, cfg, seed=9)
+    actor.load_actor_state_dict(learner.actor_state_dict())
+    np.testing.assert_array_equal(actor.act(ts[0].obs, deterministic=True),
+                                  learner.agent.act(ts[0].obs, deterministic=True))
+    off = SACAgent(env.observation_space, env.action_space, small_cfg(normalize_state=False), seed=0)
+    assert off.encoder.state_norm is None and not off.needs_state_stats
+
+
 def test_pixel_env_update_end_to_end():
     env = TinyPixelEnv()
     demo = ReplayBuffer(env.observation_space, env.action_space, capacity=100)

@@ -186,7 +186,8 @@ class SACAgent:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.encoder = ObservationEncoder(self.spec, cfg.encoder).to(self.device)
+            self.encoder = ObservationEncoder(self.spec, cfg.encoder,
+                                              normalize_state=cfg.normalize_state).to(self.device)
             feat = self.encoder.out_dim
             self.actor = TanhGaussianActor(
                 feat, self.act_dim, cfg.hidden_dims, layer_norm=cfg.layer_norm,
@@ -246,6 +247,20 @@ class SACAgent:
         """``critic_subsample`` distinct target-critic indices (without replacement)."""
         idx = torch.randperm(self.config.n_critics, generator=self._gen)
         return idx[: self.config.critic_subsample].to(self.device)
+
+    @property
+    def needs_state_stats(self) -> bool:
+        """True until ``fit_state_normalizer`` has run (only with ``normalize_state``)."""
+        return self.encoder.needs_state_stats
+
+    def fit_state_normalizer(self, observations: Mapping[str, np.ndarray]) -> None:
+        """Fit the state normaliser of the encoder and its target on stored observations
+        (``{key: (N, *shape)}``; image keys are ignored). Called once, before the first update."""
+        keys = self.spec.state_keys
+        states = np.concatenate([np.asarray(observations[k], dtype=np.float64).reshape(
+            len(observations[k]), -1) for k in keys], axis=1)
+        self.encoder.fit_state_normalizer(states)
+        self.target_encoder.fit_state_normalizer(states)
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -540,10 +555,19 @@ class Learner:
     def update(self) -> Dict[str, float]:
         """One UTD step now (normally called by ``add_transition``)."""
         cfg = self.config
+        if self.agent.needs_state_stats:
+            self.agent.fit_state_normalizer(self._state_frames())
         batch = self.sampler.sample(cfg.batch_size, self.rng, num_minibatches=cfg.utd)
         metrics = self.agent.update(batch)
         self.policy_version += 1
         return metrics
+
+    def _state_frames(self) -> Dict[str, np.ndarray]:
+        """Every stored observation (demos and online) of the state keys, for the normaliser."""
+        keys = self.agent.spec.state_keys
+        parts = [b.stored_frames(keys) for b in (self.demo, self.online)
+                 if b is not None and b.frames_stored > 0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
     def actor_state_dict(self) -> Dict[str, torch.Tensor]:
         """Weights for actors (see ``SACAgent.load_actor_state_dict``); tag with policy_version."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -237,6 +237,12 @@ class ReplayBuffer:
                      self.spec.from_dict(no), bool(terminated[t]), bool(truncated[t]))
 
     # ------------------------------------------------------------------ reading
+    def stored_frames(self, keys: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+        """The frames currently held (every distinct observation, each once), per key: the data
+        to fit observation statistics on. Views, not copies: do not modify."""
+        n = self.frames_stored
+        return {k: self._frames[k][:n] for k in (self.spec.keys if keys is None else keys)}
+
     def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """Ring slots of ``batch_size`` transitions drawn uniformly with replacement."""
         n = len(self)

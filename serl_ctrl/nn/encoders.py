@@ -6,7 +6,9 @@
   (``flat_state``). A plain ``Box`` is the single key ``"obs"``.
 * ``ObservationEncoder`` maps a dict of tensors to one feature vector: with no images it is the
   flattened state (no parameters, as RLPD); with images, one ``ConvEncoder`` per camera (sorted key
-  order) plus a proprioception embedding of the state.
+  order) plus a proprioception embedding of the state. Optionally the state is first normalised
+  (``normalize_state``) with statistics that are fitted once and then live in the encoder's
+  buffers, so checkpoints, actor weight updates and exported graphs all carry them.
 * ``random_shift`` is DrQ's augmentation: replicate-pad by ``pad`` and crop back at a random
   offset, per sample, as one gather (no Python loop over samples). It is applied by the agent to
   batches, never inside the encoder, so exported policies contain no augmentation.
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from serl_ctrl.data.replay import ObsSpec
+from serl_ctrl.nn.normalizer import FieldNormalizer
 
 __all__ = ["ObsSpec", "obs_to_torch", "dict_to_torch", "flat_state", "SpatialSoftmax",
            "ConvEncoder", "ObservationEncoder", "random_shift"]
@@ -118,7 +121,11 @@ class ConvEncoder(nn.Module):
 class ObservationEncoder(nn.Module):
     """Dict of tensors -> feature vector ``(B, out_dim)`` (see module docstring)."""
 
-    def __init__(self, spec: ObsSpec, enc_cfg: Any = None) -> None:
+    #: normalised state features are clipped to this many standard deviations, so a value far
+    #: outside the fitting data (a new velocity regime online) cannot saturate the first layer
+    STATE_CLIP = 10.0
+
+    def __init__(self, spec: ObsSpec, enc_cfg: Any = None, *, normalize_state: bool = False) -> None:
         super().__init__()
         from serl_ctrl.agents.config import EncoderConfig
 
@@ -141,6 +148,24 @@ class ObservationEncoder(nn.Module):
         self.out_dim = sum(c.out_dim for c in self.cams) + pdim
         if self.out_dim == 0:
             raise ValueError("observation space has no features")
+        self.state_norm: Optional[FieldNormalizer] = None
+        if normalize_state and sd > 0:
+            self.state_norm = FieldNormalizer(sd)
+            self.register_buffer("state_norm_fitted", torch.zeros(()))
+
+    @property
+    def needs_state_stats(self) -> bool:
+        """True while a state normaliser exists but has not been fitted yet."""
+        return self.state_norm is not None and not bool(self.state_norm_fitted)
+
+    def fit_state_normalizer(self, states: np.ndarray, std_min: float = 1e-2) -> None:
+        """Fit zero mean / unit std per state feature on ``states`` ``(N, state_dim)``, flattened
+        as ``flat_state`` orders them; the standard deviation is floored at ``std_min`` (1 cm for
+        positions) so features that barely moved in the data are not blown up into noise."""
+        if self.state_norm is None:
+            raise RuntimeError("this encoder was built without normalize_state")
+        self.state_norm.fit(states, "gaussian", std_min=std_min)
+        self.state_norm_fitted.fill_(1.0)
 
     @property
     def has_params(self) -> bool:
@@ -150,6 +175,8 @@ class ObservationEncoder(nn.Module):
         feats = [cam(obs[k]) for k, cam in zip(self.image_keys, self.cams)]
         state = flat_state(self.spec, obs)
         if state is not None:
+            if self.state_norm is not None:
+                state = self.state_norm.normalize(state).clamp(-self.STATE_CLIP, self.STATE_CLIP)
             feats.append(self.proprio(state) if self.proprio is not None else state)
         return feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
 
