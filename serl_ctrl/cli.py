@@ -439,6 +439,13 @@ register(
     "serl_ctrl.commands.eval:run",
     seed=1000,
 )
+register(
+    "reward-classifier",
+    "train a success classifier on recorded episodes (a learned reward for train --reward-classifier)",
+    "serl_ctrl.commands.reward_classifier:add_arguments",
+    "serl_ctrl.commands.reward_classifier:run",
+    seed=0,
+)
 
 
 if __name__ == "__main__":  # python -m serl_ctrl.cli ...

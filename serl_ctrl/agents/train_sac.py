@@ -49,6 +49,8 @@ RUN_FIELDS_HELP = {
     "checkpoint_every": "env steps between checkpoints",
     "intervention": "'none', or 'expert': a scripted human takes over when the arm strays (HIL-SERL)",
     "threads": "torch CPU threads",
+    "reward_classifier": "a trained reward classifier (serl-ctrl reward-classifier --out) as the training reward: "
+                         "1 and the episode ends on predicted success; evaluation keeps the task's own success",
 }
 
 
@@ -69,6 +71,7 @@ class RunConfig:
     checkpoint_every: int = 5_000
     intervention: str = "none"
     threads: int = 1
+    reward_classifier: Optional[str] = None
     sac: SACConfig = field(default_factory=SACConfig)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class RunConfig:
              "must be >= 1")
         need(self.intervention in ("none", "expert"), "intervention", "must be 'none' or 'expert'")
         need(isinstance(self.threads, int) and 1 <= self.threads <= 256, "threads", "must be in [1, 256]")
+        need(self.reward_classifier is None or (isinstance(self.reward_classifier, str) and self.reward == "sparse"),
+             "reward_classifier", "must be a path, with reward='sparse' (the classifier's reward is sparse)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
@@ -134,16 +139,30 @@ class RunConfig:
 # --- pieces ----------------------------------------------------------------------------------------
 
 
-def make_train_env(cfg: RunConfig):
+def make_train_env(cfg: RunConfig, learned_reward: bool = True):
+    """The run's environment; with ``cfg.reward_classifier`` (and ``learned_reward``) its reward and
+    termination come from the classifier, as on a robot (``info["success"]`` stays the task's)."""
     import gymnasium as gym
 
+    learned = learned_reward and cfg.reward_classifier is not None
     if cfg.env_id is not None:
         import serl_ctrl.envs  # noqa: F401  (our ids are valid too)
 
-        return gym.make(cfg.env_id)
-    from ..envs import make_env
+        env = gym.make(cfg.env_id)
+    else:
+        from ..envs import make_env
 
-    return make_env(cfg.task, backend=cfg.backend, obs=cfg.obs, reward=cfg.reward)
+        # With a learned reward the task's own success must not end episodes either.
+        env = make_env(cfg.task, backend=cfg.backend, obs=cfg.obs, reward=cfg.reward,
+                       **({"terminate_on_success": False} if learned else {}))
+    if learned:
+        from ..envs.wrappers import RewardModelWrapper
+        from .reward_classifier import load_reward_classifier
+
+        classifier = load_reward_classifier(cfg.reward_classifier)
+        classifier.check_space(env.observation_space)  # ValueError naming a missing key
+        env = RewardModelWrapper(env, classifier, threshold=classifier.threshold)
+    return env
 
 
 def demo_buffer(demos: str, env, extra_capacity: int = 0, reward: str | None = None) -> ReplayBuffer:
@@ -221,8 +240,11 @@ def plot_learning_curve(rows: list[dict], path: Path, title: str) -> None:
 
 
 def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: Optional[Callable] = None,
-              command: Optional[str] = None, export: bool = True) -> dict:
-    """Train, evaluate, checkpoint and export; returns the summary ``serl-ctrl train --json`` prints."""
+              command: Optional[str] = None, export: bool = True, stop_at: Optional[float] = None) -> dict:
+    """Train, evaluate, checkpoint and export; returns the summary ``serl-ctrl train --json`` prints.
+
+    ``stop_at``: end the run early at the first evaluation whose success rate reaches it (benchmarks
+    that only measure the time to a success level)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
@@ -235,7 +257,7 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    env, eval_env = make_train_env(cfg), make_train_env(cfg)
+    env, eval_env = make_train_env(cfg), make_train_env(cfg, learned_reward=False)  # evaluate true success
     agent = SACAgent(env.observation_space, env.action_space, cfg.sac, seed=cfg.seed)
     extra = cfg.steps if cfg.intervention != "none" else 0
     demos = demo_buffer(cfg.demos, env, extra, cfg.reward if cfg.task else None) if cfg.demos else None
@@ -298,6 +320,10 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
                 if k != "env_steps" and isinstance(v, (int, float)):
                     writer.add_scalar(k, v, steps)
             _write_csv(out / "metrics.csv", state["rows"])
+            if stop_at is not None and ev["success_rate"] >= stop_at:
+                state["wall_s"] = time.perf_counter() - start
+                save_checkpoint(ckpt_dir, learner, extra={"trainer": state, "run": cfg.to_dict()})
+                break
         if steps % cfg.checkpoint_every == 0 or steps == cfg.steps:
             state["wall_s"] = time.perf_counter() - start
             save_checkpoint(ckpt_dir, learner, extra={"trainer": state, "run": cfg.to_dict()})

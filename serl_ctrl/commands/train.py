@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
     parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000)")
     parser.add_argument("--intervention", help="'expert': a scripted human takes over when the arm strays")
+    parser.add_argument("--reward-classifier", metavar="PATH",
+                        help="train on a learned reward: a classifier from serl-ctrl reward-classifier --out "
+                             "(1 and episode end on predicted success; evaluation uses the task's success)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1: two OpenMP threads next to a simulator were 9x slower here)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--no-export", action="store_true", help="skip writing policy.onnx at the end")
@@ -46,7 +49,8 @@ def run(args: argparse.Namespace) -> dict:
     values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs, "reward": args.reward,
               "demos": args.demos, "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
               "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
-              "intervention": args.intervention, "threads": args.threads}
+              "intervention": args.intervention, "threads": args.threads,
+              "reward_classifier": args.reward_classifier}
     cfg = RunConfig.load(args.config, values, args.overrides)
     return train_sac(cfg, args.out, resume=args.resume, progress=progress, command=command,
                      export=not args.no_export)
@@ -59,8 +63,9 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
 
     if not args.demos:
         raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
-    if args.env_id or args.resume or args.intervention:
-        raise ValueError(f"--env, --resume and --intervention apply to --algo sac only, not {args.algo}")
+    if args.env_id or args.resume or args.intervention or args.reward_classifier:
+        raise ValueError(f"--env, --resume, --intervention and --reward-classifier apply to --algo sac only, "
+                         f"not {args.algo}")
     overrides = {}
     for item in args.overrides:
         key, sep, raw = item.partition("=")

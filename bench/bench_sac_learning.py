@@ -1,0 +1,184 @@
+"""SAC sample efficiency and wall-clock: env steps (and seconds) until 90% success.
+
+Issue #3's benchmarks 1-3, side by side in one run on this machine:
+
+* ``ours``        SAC + RLPD choices (``SACConfig`` defaults) with ``--demos`` scripted demos,
+* ``ours-nodemo`` the same without demonstrations,
+* ``sb3``         Stable-Baselines3 SAC with its defaults (2 critics, UTD 1, no demos) on the
+                  same environment (observations flattened), same budget and evaluation,
+
+on ``--task`` (PickCube by default), for each of ``--seeds``. Every ``--eval-every`` env steps
+the deterministic policy runs ``--eval-episodes`` episodes on fixed seeds (10000+); "steps to 90%"
+is the first evaluation at or above 90%. Wall-clock counts training and evaluation, as a user
+would wait for it. Prints a markdown table (per variant: median steps and minutes to 90% over the
+seeds, each seed's value, final success) and writes a learning-curve PNG and a JSON of all curves.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/bench_sac_learning.py [--task pickcube] [--reward dense]
+        [--seeds 0 1 2] [--steps 10000] [--variants ours,ours-nodemo,sb3] [--out runs/bench_sac]
+
+Slow by nature (each run is minutes to tens of minutes on 2 cores); runs are sequential so each
+gets the whole machine, as the wall-clock goal assumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+VARIANTS = ("ours", "ours-nodemo", "sb3")
+EVAL_SEED = 10_000
+
+
+def _to_90(rows: list[dict]) -> tuple[int | None, float | None]:
+    hit = next((r for r in rows if r["success_rate"] >= 0.9), None)
+    return (hit["env_steps"], hit["wall_s"]) if hit else (None, None)
+
+
+def run_ours(args, seed: int, demos: str | None, out: Path) -> list[dict]:
+    from serl_ctrl.agents.train_sac import RunConfig, train_sac
+
+    cfg = RunConfig.load(None, {"task": args.task, "obs": "state", "reward": args.reward, "steps": args.steps,
+                                "seed": seed, "demos": demos, "eval_every": args.eval_every,
+                                "eval_episodes": args.eval_episodes, "checkpoint_every": args.steps},
+                         list(args.set))
+    train_sac(cfg, out, export=False, stop_at=0.9 if args.stop_at_90 else None)
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        return [{"env_steps": int(r["env_steps"]), "success_rate": float(r["success_rate"]),
+                 "wall_s": float(r["wall_s"])} for r in csv.DictReader(f)]
+
+
+def run_sb3(args, seed: int) -> list[dict]:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from serl_ctrl.agents.train_sac import evaluate_agent
+    from serl_ctrl.envs import make_env
+
+    torch.set_num_threads(1)
+    env = gym.wrappers.FlattenObservation(make_env(args.task, reward=args.reward))
+    eval_env = gym.wrappers.FlattenObservation(make_env(args.task, reward=args.reward))
+    model = SAC("MlpPolicy", env, seed=seed, verbose=0)
+    rows: list[dict] = []
+    start = time.perf_counter()
+
+    class Policy:
+        def act(self, obs, deterministic=True):
+            return model.predict(obs, deterministic=True)[0]
+
+    class Eval(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % args.eval_every == 0:
+                ev = evaluate_agent(Policy(), eval_env, args.eval_episodes, seed=EVAL_SEED)
+                rows.append({"env_steps": self.num_timesteps, "success_rate": ev["success_rate"],
+                             "wall_s": round(time.perf_counter() - start, 2)})
+                print(f"  sb3 seed {seed}: {self.num_timesteps} steps, success {ev['success_rate']:.0%}",
+                      file=sys.stderr, flush=True)
+                if args.stop_at_90 and ev["success_rate"] >= 0.9:
+                    return False
+            return True
+
+    model.learn(args.steps, callback=Eval())
+    return rows
+
+
+def plot(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"ours": "tab:blue", "ours-nodemo": "tab:green", "sb3": "tab:red"}
+    for (variant, seed), rows in curves.items():
+        ax.plot([r["env_steps"] for r in rows], [r["success_rate"] for r in rows], color=colors.get(variant),
+                alpha=0.8, label=variant if seed == min(s for v, s in curves if v == variant) else None)
+    ax.axhline(0.9, color="gray", ls=":", lw=1)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("success rate (eval)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="pickcube")
+    p.add_argument("--reward", default="dense", choices=("sparse", "dense"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--demos", type=int, default=20, help="scripted demonstrations for 'ours'")
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--set", action="append", default=[], help="sac.field=value for ours (repeatable)")
+    p.add_argument("--stop-at-90", action="store_true", help="stop a run at its first evaluation >= 90%%")
+    p.add_argument("--out", default="runs/bench_sac")
+    args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad:
+        p.error(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from serl_ctrl.data.demos import record_demonstrations
+
+    demo_dir = Path(tempfile.mkdtemp(prefix="bench_sac_demos_"))
+    record_demonstrations(args.task, demo_dir, args.demos, reward=args.reward, seed=123)
+
+    curves: dict = {}
+    for variant in variants:
+        for seed in args.seeds:
+            print(f"[bench] {variant} seed {seed} ...", file=sys.stderr, flush=True)
+            run_dir = out / f"{variant}_seed{seed}"
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            if variant == "sb3":
+                rows = run_sb3(args, seed)
+            else:
+                rows = run_ours(args, seed, str(demo_dir) if variant == "ours" else None, run_dir)
+            curves[(variant, seed)] = rows
+            (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
+
+    title = f"{args.task} state, {args.reward} reward, {args.demos} demos for 'ours'"
+    plot(curves, out / "learning_curves.png", title)
+    print(f"\n{title}; evaluation every {args.eval_every} steps over {args.eval_episodes} episodes; "
+          f"budget {args.steps} steps\n")
+    print("| variant | seeds | median steps to 90% | median minutes to 90% | per seed (steps / min) | final success |")
+    print("|---|---|---|---|---|---|")
+    for variant in variants:
+        per = [(s, *_to_90(curves[(variant, s)]), curves[(variant, s)][-1]["success_rate"]) for s in args.seeds]
+        steps = [x[1] for x in per]
+        mins = [x[2] / 60 for x in per if x[2] is not None]
+        med_steps = f"{int(np.median(steps))}" if all(s is not None for s in steps) else \
+            (f"> {args.steps} ({sum(s is None for s in steps)} of {len(steps)} not reached)")
+        med_min = f"{np.median(mins):.1f}" if all(s is not None for s in steps) else "-"
+        each = ", ".join(f"{s}: {st if st is not None else '-'} / {w / 60:.1f}" if w is not None else f"{s}: -"
+                         for s, st, w, _ in per)
+        final = ", ".join(f"{x[3]:.0%}" for x in per)
+        print(f"| {variant} | {len(args.seeds)} | {med_steps} | {med_min} | {each} | {final} |")
+    print(f"\ncurves: {out / 'learning_curves.png'}, {out / 'curves.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
