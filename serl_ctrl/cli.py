@@ -446,6 +446,12 @@ register(
     "serl_ctrl.commands.reward_classifier:run",
     seed=0,
 )
+register(
+    "export",
+    "export a run or checkpoint to one .onnx policy file + model card (--check: parity torch vs onnxruntime)",
+    "serl_ctrl.commands.export:add_arguments",
+    "serl_ctrl.commands.export:run",
+)
 
 
 if __name__ == "__main__":  # python -m serl_ctrl.cli ...

@@ -19,3 +19,14 @@ def toy_episodes(n: int = 4, T: int = 6, action_fn=None, seed: int = 0) -> list[
                            instructions=[""] * T, metadata={"task": "toy", "action_low": [-1e3, -1e3],
                                                             "action_high": [1e3, 1e3]}))
     return eps
+
+
+def write_toy_episodes(folder, episodes: list[Episode]) -> None:
+    """Save toy episodes as a demos folder (completing their metadata as recorded episodes have it)."""
+    from serl_ctrl.data.episodes import make_metadata, write_episodes_dir
+
+    for i, ep in enumerate(episodes):
+        md = dict(ep.metadata)
+        ep.metadata = make_metadata(task=md.pop("task"), backend="none", obs_mode="state", seed=i, control_hz=10.0,
+                                    action_low=md.pop("action_low"), action_high=md.pop("action_high"), **md)
+    write_episodes_dir(folder, episodes)

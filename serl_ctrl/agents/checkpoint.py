@@ -20,6 +20,7 @@ and continuing gives bit-identical updates to a run that was never interrupted.
     path = latest_checkpoint("runs/pick/ckpt")            # None if there is none
     load_checkpoint(path, learner)                        # restores everything, returns the meta
     cfg = read_checkpoint_config(path)                    # the SACConfig it was trained with
+    weights, meta = read_actor_state(path)                # encoder + actor only (for export)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from serl_ctrl.agents.config import SACConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_checkpoint_config",
-           "CheckpointError"]
+           "read_actor_state", "CheckpointError"]
 
 FORMAT = "serl_ctrl.checkpoint"
 VERSION = 1
@@ -219,14 +220,7 @@ def load_checkpoint(path: PathLike, obj: Any, *, restore_global_rng: bool = True
 
     p = _resolve(path)
     meta = _read_meta(p)
-    tpath = p.with_suffix(".safetensors")
-    if not tpath.exists():
-        raise CheckpointError(f"{p}: tensor file {tpath.name} is missing")
-    with safe_open(str(tpath), framework="pt") as f:
-        header = f.metadata() or {}
-    if header.get("id") != meta["id"]:
-        raise CheckpointError(f"{p}: {tpath.name} belongs to a different checkpoint (id "
-                              f"{header.get('id')} != {meta['id']}); the pair is inconsistent")
+    tpath = _tensor_file(p, meta)
     if meta["kind"] != type(obj).__name__:
         raise CheckpointError(f"{p}: holds a {meta['kind']}, cannot load into "
                               f"{type(obj).__name__}")
@@ -249,6 +243,43 @@ def load_checkpoint(path: PathLike, obj: Any, *, restore_global_rng: bool = True
         if restore_global_rng:
             _set_global_rng_state(_unflatten(meta["rng_globals"], tensors))
     return {k: v for k, v in meta.items() if k not in ("state", "rng_globals")}
+
+
+def _tensor_file(p: Path, meta: Mapping[str, Any]) -> Path:
+    """The ``.safetensors`` file of checkpoint ``p``, checked to belong to it (same id)."""
+    from safetensors import safe_open
+
+    tpath = p.with_suffix(".safetensors")
+    if not tpath.exists():
+        raise CheckpointError(f"{p}: tensor file {tpath.name} is missing")
+    with safe_open(str(tpath), framework="pt") as f:
+        header = f.metadata() or {}
+    if header.get("id") != meta["id"]:
+        raise CheckpointError(f"{p}: {tpath.name} belongs to a different checkpoint (id "
+                              f"{header.get('id')} != {meta['id']}); the pair is inconsistent")
+    return tpath
+
+
+def read_actor_state(path: PathLike) -> "tuple[Dict[str, torch.Tensor], Dict[str, Any]]":
+    """The deployable weights of a SAC checkpoint (file, or folder = newest): encoder and actor,
+    keyed as ``SACAgent.load_actor_state_dict`` takes them, plus the checkpoint's metadata (step,
+    config, extra). Only those tensors are read, never the replay buffers or optimiser state, so
+    exporting a policy does not need a learner built like the one that trained it."""
+    from safetensors import safe_open
+
+    p = _resolve(path)
+    meta = _read_meta(p)
+    tpath = _tensor_file(p, meta)
+    state = meta["state"].get("agent") if meta["kind"] == "Learner" else meta["state"]
+    if not isinstance(state, dict) or not all(k in state for k in ("encoder", "actor")):
+        raise CheckpointError(f"{p}: a {meta['kind']} checkpoint without SAC encoder and actor weights")
+    weights: Dict[str, torch.Tensor] = {}
+    with safe_open(str(tpath), framework="pt") as f:
+        tensors = _LazyTensors(f)
+        for part in ("encoder", "actor"):
+            for name, value in _unflatten(state[part], tensors).items():
+                weights[f"{part}.{name}"] = value
+    return weights, {k: v for k, v in meta.items() if k not in ("state", "rng_globals")}
 
 
 class _LazyArray:

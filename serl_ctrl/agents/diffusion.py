@@ -245,24 +245,45 @@ class DiffusionPolicy(ImitationPolicy):
     def export_modules(self, num_inference_steps: int | None = None) -> dict[str, nn.Module]:
         """``denoiser``: ``eps = f(noisy_action, timestep, *obs)``; ``unrolled``: ``actions = g(*obs, noise)``
         running a fixed number of DDIM steps (default: the config's) and unnormalising (env units);
-        ``deploy``: ``actions = g(obs_dict)`` with fixed noise (see ``DeployModule``)."""
+        ``deploy``: ``actions = g(obs_dict)`` with fixed noise (see ``DeployModule``). For a sampler
+        outside the graph, export ``NamedInputs(denoiser)`` with :meth:`sampler_spec`."""
         unrolled = DiffusionUnrolledModule(self, num_inference_steps)
         return {"denoiser": DiffusionStepModule(self), "unrolled": unrolled,
                 "deploy": DeployModule(unrolled, [(self.horizon, self.action_dim)])}
 
+    def sampler_spec(self, num_inference_steps: int | None = None):
+        """The DDIM constants a runtime needs to sample around the ``runtime_denoiser`` graph
+        (:class:`serl_ctrl.runtime.spec.SamplerSpec`): the same timesteps, schedule and action
+        unnormalisation as :class:`DiffusionUnrolledModule` with ``num_inference_steps`` steps."""
+        from serl_ctrl.runtime.spec import SamplerSpec
+
+        c = self.config
+        ts = ddim_timesteps(c.num_train_timesteps, num_inference_steps or c.num_inference_steps, c.timestep_spacing)
+        norm = self.normalizer["action"]
+        return SamplerSpec(timesteps=tuple(ts), alphas_cumprod=tuple(float(self.alphas_cumprod[t]) for t in ts),
+                           prediction_type=c.prediction_type, clip_sample=bool(c.clip_sample),
+                           action_scale=tuple(float(x) for x in norm.scale),
+                           action_offset=tuple(float(x) for x in norm.offset))
+
 
 class DiffusionStepModule(ExportModule):
-    """``eps = f(noisy_action (B, H, A) normalised, timestep (B,) int64, *obs)``; observations in env
-    units (images uint8), normalised inside."""
+    """``out = f(noisy_action (B, H, A) normalised, timestep (B,), *obs)``: one denoiser evaluation,
+    the noise (or ``x_0`` with ``prediction_type="sample"``) as DDIM wants it; observations in env
+    units (images uint8), normalised inside. With self-guidance the output is the guided estimate
+    (observations then carry ``n_obs_steps + 1`` frames), so a sampler outside the graph needs
+    nothing but this output and the schedule (:meth:`DiffusionPolicy.sampler_spec`). The timestep
+    may be int64 or float32 (the time embedding takes it as a float)."""
 
     def __init__(self, policy: DiffusionPolicy) -> None:
         super().__init__(policy)
+        self.w = float(policy.config.guidance_w)
         self.input_names = ["noisy_action", "timestep", *self.obs_keys]
         self.output_names = ["eps"]
 
     def forward(self, noisy_action: torch.Tensor, timestep: torch.Tensor, *obs: torch.Tensor) -> torch.Tensor:
-        cond = self.policy.encode_obs(self._obs(obs))
-        return self.policy.denoiser(noisy_action, timestep, cond)
+        p = self.policy
+        cond, cond_prev = p.conditions(self._obs(obs), self.w)
+        return p.guided_eps(noisy_action, timestep, cond, cond_prev, self.w)
 
     def example_inputs(self, batch: int = 1):
         p = self.policy
@@ -281,7 +302,6 @@ class DiffusionUnrolledModule(ExportModule):
         self.num_steps = int(num_steps or c.num_inference_steps)
         self.timesteps = ddim_timesteps(c.num_train_timesteps, self.num_steps, c.timestep_spacing)
         self.w = float(c.guidance_w)
-        self.history_axis = policy.history_len > 1
         self.input_names = [*self.obs_keys, "noise"]
         self.output_names = ["actions"]
 
@@ -296,12 +316,6 @@ class DiffusionUnrolledModule(ExportModule):
             eps = p.guided_eps(x, x.new_full((x.shape[0],), float(t)), cond, cond_prev, self.w)
             x, _ = ddim_step(x, eps, float(ab[t]), abar_prev, p.config.clip_sample, p.config.prediction_type)
         return p.unnormalize_action(x)
-
-    def obs_examples(self, batch: int = 1):
-        p = self.policy
-        hist = (p.history_len,) if self.history_axis else ()
-        return [torch.zeros((batch, *hist, *p.spec.shapes[k]),
-                            dtype=torch.uint8 if k in p.spec.image_keys else torch.float32) for k in self.obs_keys]
 
     def example_inputs(self, batch: int = 1):
         p = self.policy

@@ -53,6 +53,7 @@ __all__ = [
     "ImitationPolicy",
     "ExportModule",
     "DeployModule",
+    "NamedInputs",
     "EMA",
     "train_policy",
     "train_imitation",
@@ -620,8 +621,9 @@ class ExportModule(nn.Module, metaclass=ABCMeta):
     ``input_names`` / ``output_names`` name the graph's inputs and outputs in ``forward``'s
     order, ``example_inputs(batch)`` builds matching tensors (zeros for observations), and
     ``dynamic_axes`` marks the batch axis. Observation inputs are named by their keys and shaped
-    ``(B, n_obs_steps, *shape)``, or ``(B, *shape)`` when ``n_obs_steps == 1`` (as
-    ``serl_ctrl.runtime`` feeds them); state in env units (float32), images uint8.
+    ``(B, history_len, *shape)``, or ``(B, *shape)`` when ``history_len == 1`` (as
+    ``serl_ctrl.runtime`` feeds them; ``history_len`` is ``n_obs_steps``, one more with diffusion
+    self-guidance); state in env units (float32), images uint8.
     """
 
     input_names: list[str]
@@ -631,7 +633,7 @@ class ExportModule(nn.Module, metaclass=ABCMeta):
         super().__init__()
         self.policy = policy
         self.obs_keys = list(policy.obs_keys)
-        self.history_axis = policy.config.n_obs_steps > 1
+        self.history_axis = policy.history_len > 1
 
     def _obs(self, tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         obs = {}
@@ -641,7 +643,7 @@ class ExportModule(nn.Module, metaclass=ABCMeta):
 
     def obs_examples(self, batch: int = 1) -> list[torch.Tensor]:
         p = self.policy
-        hist = (p.config.n_obs_steps,) if self.history_axis else ()
+        hist = (p.history_len,) if self.history_axis else ()
         out = []
         for k in self.obs_keys:
             dt = torch.uint8 if k in p.spec.image_keys else torch.float32
@@ -681,6 +683,19 @@ class DeployModule(nn.Module):
         noises = [getattr(self, f"noise_{i}").expand(b, *getattr(self, f"noise_{i}").shape[1:])
                   for i in range(self.n_noise)]
         return self.inner(*[obs[k] for k in self.obs_keys], *noises)
+
+
+class NamedInputs(nn.Module):
+    """``g(inputs: dict of batched tensors)`` for a positional :class:`ExportModule`: picks the
+    inputs by its ``input_names`` (observation keys plus e.g. ``noisy_action`` and ``timestep``), the
+    form ``serl_ctrl.export.onnx_export.export_onnx`` takes for every graph."""
+
+    def __init__(self, inner: ExportModule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.inner(*[inputs[name] for name in self.inner.input_names])
 
 
 # ============================================================================ training
@@ -815,8 +830,7 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
     episodes = load_episodes(demos_dir)
     dataset = ChunkDataset(episodes, cfg.obs_keys or None, cfg.n_obs_steps, cfg.horizon)
     extra = {"teacher": teacher} if teacher is not None else {}
-    policy = klass.from_dataset(dataset, cfg, seed=seed, metadata={"demos": str(demos_dir), "train_seed": seed},
-                                **extra)
+    policy = klass.from_dataset(dataset, cfg, seed=seed, metadata=metadata, **extra)
     metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import dataclasses
+
 from ..export.onnx_export import export_onnx, git_commit, write_card
-from .imitation import load_policy, obs_mode_for, rollout_success, runtime_policy, train_imitation
+from .imitation import ImitationPolicy, load_policy, obs_mode_for, rollout_success, runtime_policy, train_imitation
 
 EVAL_SEED = 10_000
+
+
+def deploy_spec(policy: ImitationPolicy, task: str | None, extra: Mapping[str, Any]):
+    """The ``PolicySpec`` of a policy's exported graph: its observations (with history), chunking,
+    action space, and the task and observation mode it runs in (``obs_mode`` only for a known
+    serl_ctrl task; ``serl-ctrl export`` and training share this)."""
+    from ..envs.tasks import TASKS
+
+    obs_mode = obs_mode_for(policy, task) if task and task.lower() in TASKS else None
+    return dataclasses.replace(runtime_policy(policy).spec, task=task, obs_mode=obs_mode, extra=dict(extra))
 
 
 def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = None, backend: str = "mujoco",
@@ -32,10 +44,8 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
             ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
             result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
         return result
-    spec = runtime_policy(policy).spec
-    obs_mode = obs_mode_for(policy, task) if task else None
-    spec = type(spec)(**{**spec.__dict__, "task": task, "obs_mode": obs_mode,
-                         "extra": {"command": command, "commit": git_commit(), "demos": str(demos)}})
+    spec = deploy_spec(policy, task, {"command": command, "commit": git_commit(), "demos": str(demos)})
+    obs_mode = spec.obs_mode
     path = out / "policy.onnx"
     report = export_onnx(policy.export_modules()["deploy"], spec, path)
     card: dict[str, Any] = {}

@@ -6,6 +6,11 @@ the graph), so the robot side feeds observations as the environment produces the
 the file passes ``onnx.checker`` and its outputs are compared with the torch module on random
 observations (and recorded ones when given): max abs diff <= ``atol`` (relative for large
 outputs), or the export fails.
+
+A graph whose spec has a ``sampler`` (a diffusion denoiser the runtime samples around) takes the
+sampler's inputs too (``noisy_action``, ``timestep``; see ``PolicySpec.graph_inputs``): the module
+then maps that whole dict to the denoiser's output, and the parity samples draw those inputs at
+random (timesteps from the sampler's own).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import onnx
 import torch
 
 from ..runtime.onnx_policy import OnnxPolicy, card_path, file_sha256
-from ..runtime.spec import METADATA_KEY, PolicySpec
+from ..runtime.spec import INSTRUCTION_KEY, METADATA_KEY, SAMPLE_INPUT, TIMESTEP_INPUT, PolicySpec
 from ..utils.atomic import atomic_path, atomic_write_text
 
 # The exporter logs a warning per torchvision operator it cannot register; we use none of them.
@@ -58,6 +63,57 @@ def random_observations(spec: PolicySpec, n: int, seed: int = 0) -> list[dict[st
                         else rng.normal(0, 1, shape).astype(np.float32))
         out.append(obs)
     return out
+
+
+def recorded_observations(spec: PolicySpec, episodes: Sequence, n: int = 16) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` batch-1 observations (with history) spread evenly over recorded ``episodes``
+    (``serl_ctrl.data.episodes.Episode``): the observations a policy really meets, for parity.
+
+    Episodes recorded with instruction labels but without their embeddings get a random unit
+    vector as ``instruction_embedding`` (the states are real, the instruction is synthetic).
+    Raises ValueError naming the key when the episodes lack another key the policy needs, or
+    record it with another shape."""
+    frames: list[tuple[int, int]] = [(e, t) for e, ep in enumerate(episodes) for t in range(ep.length + 1)]
+    if not frames:
+        return []
+    synthetic = INSTRUCTION_KEY in spec.obs and INSTRUCTION_KEY not in episodes[0].observations
+    rng = np.random.default_rng(0)
+    for key, f in spec.obs.items():
+        have = episodes[0].observations.get(key)
+        if have is None and synthetic and key == INSTRUCTION_KEY:
+            continue
+        if have is None:
+            raise ValueError(f"recorded episodes have no observation {key!r}; the policy needs {list(spec.obs)}")
+        if tuple(have.shape[1:]) != f.shape:
+            raise ValueError(f"recorded observation {key!r} has shape {tuple(have.shape[1:])}, "
+                             f"the policy expects {f.shape}")
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
+    dtype = {k: np.uint8 if f.dtype == "uint8" else np.float32 for k, f in spec.obs.items()}
+    out = []
+    for i in picks:
+        e, t = frames[i]
+        obs = dict(episodes[e].observations)
+        if synthetic:
+            v = rng.normal(size=spec.obs[INSTRUCTION_KEY].shape)
+            obs[INSTRUCTION_KEY] = np.broadcast_to(v / np.linalg.norm(v), (t + 1, *v.shape))
+        window = [max(t - spec.n_obs_steps + 1 + j, 0) for j in range(spec.n_obs_steps)]
+        if spec.n_obs_steps > 1:
+            out.append({k: np.ascontiguousarray(obs[k][window][None], dtype[k]) for k in spec.obs})
+        else:
+            out.append({k: np.ascontiguousarray(obs[k][t][None], dtype[k]) for k in spec.obs})
+    return out
+
+
+def graph_feeds(spec: PolicySpec, observations: Sequence[dict[str, np.ndarray]],
+                seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Every graph input for each observation: the observations themselves, plus for a
+    runtime-sampler graph a random noisy chunk and one of the sampler's timesteps."""
+    if spec.sampler is None:
+        return [dict(obs) for obs in observations]
+    rng = np.random.default_rng(seed)
+    shapes = spec.graph_inputs()
+    return [{**obs, SAMPLE_INPUT: rng.normal(0, 1, shapes[SAMPLE_INPUT][0]).astype(np.float32),
+             TIMESTEP_INPUT: np.array([rng.choice(spec.sampler.timesteps)], np.float32)} for obs in observations]
 
 
 def git_commit() -> str | None:
@@ -103,13 +159,14 @@ def export_onnx(
         raise ValueError(f"export path must end in .onnx, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
-    keys = list(spec.obs)
-    example = random_observations(spec, 1)[0]
+    keys = list(spec.graph_inputs())
+    example = graph_feeds(spec, random_observations(spec, 1))[0]
     wrapper = _Positional(module, keys)
     args = tuple(torch.from_numpy(example[k]) for k in keys)
+    output = "action" if spec.sampler is None else "model_output"
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapper, args, dynamo=True, input_names=keys, output_names=["action"],
+        program = torch.onnx.export(wrapper, args, dynamo=True, input_names=keys, output_names=[output],
                                     opset_version=OPSET, verbose=False)
         model = program.model_proto
         entry = model.metadata_props.add()
@@ -120,27 +177,37 @@ def export_onnx(
         onnx.checker.check_model(model, full_check=True)
         onnx.save_model(model, str(tmp), save_as_external_data=False)
 
-    samples = [*random_observations(spec, n_random), *recorded_obs]
+    samples = graph_feeds(spec, [*random_observations(spec, n_random), *recorded_obs])
     worst = parity(module, path, samples, atol)
     return ExportReport(path, file_sha256(path), path.stat().st_size, OPSET, worst, len(samples))
 
 
-def parity(module: torch.nn.Module, path: Path, samples: Sequence[dict[str, np.ndarray]], atol: float = 1e-5) -> float:
-    """Largest difference between torch and onnxruntime over ``samples``; raises above ``atol``
-    (relative to the output's magnitude when that exceeds 1)."""
+def parity(module: torch.nn.Module, path: Path, samples: Sequence[dict[str, np.ndarray]], atol: float = 1e-5,
+           remove_on_failure: bool = True) -> float:
+    """Largest difference between torch and onnxruntime over ``samples`` (every graph input per
+    sample, see :func:`graph_feeds`); raises ValueError above ``atol`` (relative to the output's
+    magnitude when that exceeds 1), after removing the file unless ``remove_on_failure`` is off."""
     session = OnnxPolicy(path, verify_card=False).session
     worst = 0.0
     with torch.inference_mode():
         for obs in samples:
             expected = module({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obs.items()}).float().numpy()
             got = session.run(None, obs)[0]
-            diff = float(np.max(np.abs(expected - got)))
-            scale = max(1.0, float(np.max(np.abs(expected))))
-            worst = max(worst, diff)
-            if diff > atol * scale:
-                path.unlink(missing_ok=True)
-                raise ValueError(f"ONNX parity check failed for {path}: max abs diff {diff:.3g} > {atol * scale:.3g}")
+            worst = max(worst, check_close(expected, got, atol, path, remove_on_failure))
     return worst
+
+
+def check_close(expected: np.ndarray, got: np.ndarray, atol: float, path: Path, remove_on_failure: bool = True,
+                what: str = "ONNX parity check") -> float:
+    """``max |expected - got|``; raises ValueError naming ``path`` when it exceeds ``atol`` times
+    ``max(1, max |expected|)`` (an absolute bound for actions in [-1, 1], relative for large outputs)."""
+    diff = float(np.max(np.abs(np.asarray(expected, np.float64) - np.asarray(got, np.float64))))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if not diff <= atol * scale:  # also catches NaN
+        if remove_on_failure:
+            path.unlink(missing_ok=True)
+        raise ValueError(f"{what} failed for {path}: max abs diff {diff:.3g} > {atol * scale:.3g}")
+    return diff
 
 
 def write_card(onnx_path: str | Path, **fields) -> Path:

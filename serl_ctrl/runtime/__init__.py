@@ -14,13 +14,15 @@ from .policy import Policy
 from .spec import ObsField, PolicySpec
 
 
-def load_policy(name_or_path: str | Path, threads: int = 1, adaptive_tau: float | None = None) -> Policy:
-    """An exported policy by path (.onnx) or by the name of a policy shipped in policies/."""
+def load_policy(name_or_path: str | Path, threads: int = 1, adaptive_tau: float | None = None,
+                sampler_seed: int | None = None) -> Policy:
+    """An exported policy by path (.onnx) or by the name of a policy shipped in policies/
+    (``sampler_seed``: see :class:`~serl_ctrl.runtime.onnx_policy.OnnxPolicy`)."""
     from ..paths import find_policy
     from .onnx_policy import OnnxPolicy
 
     path = find_policy(str(name_or_path))
-    return OnnxPolicy(path, threads=threads, adaptive_tau=adaptive_tau)
+    return OnnxPolicy(path, threads=threads, adaptive_tau=adaptive_tau, sampler_seed=sampler_seed)
 
 
 __all__ = ["ObsField", "Policy", "PolicySpec", "load_policy"]

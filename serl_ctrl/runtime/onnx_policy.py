@@ -5,6 +5,10 @@ interpreter). Everything that can be checked is checked at load time, not at the
 tick: the file exists and is a complete ONNX model, its sha256 matches the model card beside it
 (``NAME.json`` next to ``NAME.onnx``), the serl_ctrl metadata has a supported schema version, and
 the graph's inputs match the observation spec.
+
+Two kinds of graph run here (the spec says which): observations -> actions (every policy class;
+chunk samplers unrolled inside), or, for a diffusion policy exported with ``--sampler runtime``,
+one denoiser evaluation that :func:`~serl_ctrl.runtime.sampler.ddim_chunk` calls once per DDIM step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .policy import Policy
-from .spec import METADATA_KEY, PolicySpec
+from .sampler import ddim_chunk
+from .spec import METADATA_KEY, SAMPLE_INPUT, TIMESTEP_INPUT, PolicySpec
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
 
@@ -56,10 +61,13 @@ class OnnxPolicy(Policy):
         threads: intra-op threads (1 keeps latency steady next to a control loop).
         verify_card: compare the file's sha256 with its model card when one exists.
         adaptive_tau: adaptive chunking threshold (see :class:`~serl_ctrl.runtime.policy.Policy`).
+        sampler_seed: runtime-sampler files only: draw fresh Gaussian noise per chunk from this
+            seed. None (default) starts every chunk from zeros, the noise distribution's mode, as
+            the unrolled graphs do: deterministic, and the same chunk as the unrolled export.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, verify_card: bool = True,
-                 adaptive_tau: float | None = None) -> None:
+                 adaptive_tau: float | None = None, sampler_seed: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"policy file not found: {self.path}")
@@ -86,23 +94,36 @@ class OnnxPolicy(Policy):
         super().__init__(spec, adaptive_tau)
         self._check_inputs()
         self._output = self.session.get_outputs()[0].name
+        if sampler_seed is not None and spec.sampler is None:
+            raise ValueError(f"{self.path}: sampler_seed applies to files exported with --sampler runtime; "
+                             "this one has its sampler (if any) in the graph, with fixed noise")
+        self._noise_rng = np.random.default_rng(sampler_seed) if sampler_seed is not None else None
+        self._zeros = np.zeros((1, spec.horizon, spec.action_dim), np.float32)
 
     def _check_inputs(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
-        if set(inputs) != set(self.spec.obs):
+        expected_inputs = self.spec.graph_inputs()
+        if set(inputs) != set(expected_inputs):
             raise ValueError(
-                f"{self.path}: graph inputs {sorted(inputs)} do not match the observation spec {sorted(self.spec.obs)}"
+                f"{self.path}: graph inputs {sorted(inputs)} do not match the spec {sorted(expected_inputs)}"
             )
-        history = (self.spec.n_obs_steps,) if self.spec.n_obs_steps > 1 else ()
-        for key, f in self.spec.obs.items():
+        for key, (expected, dtype) in expected_inputs.items():
             inp = inputs[key]
-            dtype = _ORT_DTYPES.get(inp.type)
-            if dtype != f.dtype:
-                raise ValueError(f"{self.path}: input {key!r} is {inp.type}, the spec says {f.dtype}")
-            expected = (1, *history, *f.shape)
+            if _ORT_DTYPES.get(inp.type) != dtype:
+                raise ValueError(f"{self.path}: input {key!r} is {inp.type}, the spec says {dtype}")
             shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
             if shape != expected:
                 raise ValueError(f"{self.path}: input {key!r} has shape {tuple(inp.shape)}, the spec says {expected}")
 
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self._output], obs)[0]
+        if self.spec.sampler is None:
+            return self.session.run([self._output], obs)[0]
+        feeds = dict(obs)
+
+        def denoise(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            feeds[SAMPLE_INPUT], feeds[TIMESTEP_INPUT] = x, t
+            return self.session.run([self._output], feeds)[0]
+
+        noise = self._zeros if self._noise_rng is None else self._noise_rng.standard_normal(
+            self._zeros.shape, dtype=np.float32)
+        return ddim_chunk(denoise, noise, self.spec.sampler)

@@ -10,7 +10,10 @@ policy's business, so callers (evaluation, the ROS policy node) never change whe
   with ``adaptive_tau`` set, a fresh chunk is predicted every step and replaces the queue when the
   cosine similarity between the queue's next action and the fresh first action drops below tau
   (adaptive chunking, SGAC);
-* ``last_infer_ms`` is the duration of the last inference (one chunk for chunked policies).
+* ``last_infer_ms`` is the duration of the last inference (one chunk for chunked policies);
+* a language-conditioned policy (spec key ``instruction_embedding``) takes the instruction's
+  embedding in the observation dict, or once via :meth:`Policy.set_instruction` for every later
+  observation that lacks it (the planner changes instructions far less often than the robot acts).
 
 Only NumPy here: this module runs on the robot.
 """
@@ -24,7 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .spec import PolicySpec
+from .spec import INSTRUCTION_KEY, PolicySpec
 
 
 class Policy(ABC):
@@ -41,6 +44,7 @@ class Policy(ABC):
         self._queue: deque[np.ndarray] = deque()
         self._low = np.asarray(spec.action_low, dtype=np.float32)
         self._high = np.asarray(spec.action_high, dtype=np.float32)
+        self._instruction: np.ndarray | None = None
 
     @abstractmethod
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -53,6 +57,22 @@ class Policy(ABC):
     def reset(self) -> None:
         """Forget the observation history and the queued actions (call at every episode start)."""
         self._history.clear()
+        self._queue.clear()
+
+    def set_instruction(self, embedding: Any) -> None:
+        """Use ``embedding`` (the spec's ``instruction_embedding`` shape, float) for every observation
+        that does not carry its own; None forgets it. Keeps the queue: call :meth:`reset` as well
+        when the new instruction must act at once."""
+        if embedding is None:
+            self._instruction = None
+            return
+        if not self.spec.language_conditioned:
+            raise ValueError(f"this policy takes no instruction: its observation keys are {list(self.spec.obs)}")
+        self._instruction = self.spec.check_obs({INSTRUCTION_KEY: embedding}, keys=(INSTRUCTION_KEY,))[INSTRUCTION_KEY]
+
+    def flush(self) -> None:
+        """Drop the queued actions but keep the observation history: the next :meth:`act` infers a
+        fresh chunk (a language-conditioned policy given a new instruction acts on it at once)."""
         self._queue.clear()
 
     def predict_chunk(self, obs: Mapping[str, Any]) -> np.ndarray:
@@ -76,6 +96,8 @@ class Policy(ABC):
     # --- internals --------------------------------------------------------------------------------
 
     def _push(self, obs: Mapping[str, Any]) -> None:
+        if self._instruction is not None and INSTRUCTION_KEY not in obs:
+            obs = {**obs, INSTRUCTION_KEY: self._instruction}
         checked = self.spec.check_obs(obs)
         if not self._history:
             for _ in range(self.spec.n_obs_steps - 1):
@@ -85,13 +107,18 @@ class Policy(ABC):
     def _run(self) -> np.ndarray:
         if self.spec.n_obs_steps == 1:
             batch = {k: v[None] for k, v in self._history[-1].items()}
-        else:
-            batch = {k: np.stack([h[k] for h in self._history])[None] for k in self.spec.obs}
+        else:  # filling a preallocated batch: ~2.5x faster than np.stack, which counts at 10 us per act
+            batch = {}
+            for k, latest in self._history[-1].items():
+                stacked = np.empty((1, self.spec.n_obs_steps, *latest.shape), latest.dtype)
+                for i, h in enumerate(self._history):
+                    stacked[0, i] = h[k]
+                batch[k] = stacked
         start = time.perf_counter()
         chunk = np.asarray(self._infer(batch), dtype=np.float32).reshape(self.spec.horizon, self.spec.action_dim)
         self.last_infer_ms = (time.perf_counter() - start) * 1e3
         self.inferences += 1
-        return np.clip(chunk, self._low, self._high)
+        return chunk.clip(self._low, self._high)
 
     def _refill(self, chunk: np.ndarray) -> None:
         self._queue.clear()
