@@ -453,6 +453,28 @@ register(
     "serl_ctrl.commands.export:run",
 )
 
+register(
+    "train-planner",
+    "train the language planner (observation history -> next instruction) on labelled demonstrations",
+    "serl_ctrl.commands.planner:add_train_arguments",
+    "serl_ctrl.commands.planner:run_train",
+    seed=0,
+)
+register(
+    "finetune-planner",
+    "improve a language planner from logged corrections (mixed with its demonstrations)",
+    "serl_ctrl.commands.planner:add_finetune_arguments",
+    "serl_ctrl.commands.planner:run_finetune",
+    seed=0,
+)
+register(
+    "run",
+    "run the language hierarchy (planner + language-conditioned policy) in simulation, with corrections",
+    "serl_ctrl.commands.run:add_arguments",
+    "serl_ctrl.commands.run:run",
+    seed=10000,
+)
+
 
 if __name__ == "__main__":  # python -m serl_ctrl.cli ...
     sys.exit(main())

@@ -802,7 +802,7 @@ def train_policy(policy: ImitationPolicy, dataset: ChunkDataset, steps: int | No
 
 def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
                     overrides: Mapping[str, Any] | None = None, steps: int | None = None, seed: int = 0,
-                    progress: Callable | None = None) -> dict[str, Any]:
+                    progress: Callable | None = None, language: bool = False) -> dict[str, Any]:
     """Train an imitation policy on the episodes in ``demos_dir``; write it to ``out_dir``.
 
     Args:
@@ -812,6 +812,10 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
             selects consistency distillation (``mode="cd"``); otherwise consistency training.
         steps: gradient steps (default: the config's ``train_steps``).
         seed: seeds initialisation, minibatches, noise and augmentation.
+        language: condition the policy on the per-step instruction labels: the observation
+            ``instruction_embedding`` (the MiniLM embedding of ``episode.instructions[t]``,
+            :mod:`serl_ctrl.language.conditioning`) is added to every step, and the policy's
+            metadata lists the instructions it was trained on (``metadata["instructions"]``).
 
     Returns ``{"metrics": {...}, "checkpoint": "<out_dir>/model.safetensors"}``; the folder also
     holds ``model.json`` (config, shapes, normaliser-free description) and ``metrics.json``.
@@ -828,6 +832,15 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
         overrides.setdefault("mode", "cd")
     cfg = klass.config_class.from_dict(overrides)
     episodes = load_episodes(demos_dir)
+    metadata: dict[str, Any] = {"demos": str(demos_dir), "train_seed": seed}
+    if language:
+        from serl_ctrl.language.conditioning import INSTRUCTION_KEY, episode_instructions, with_instruction_embeddings
+
+        metadata.update(instructions=episode_instructions(episodes), instruction_key=INSTRUCTION_KEY,
+                        instruction_encoder="all-MiniLM-L6-v2")
+        episodes = with_instruction_embeddings(episodes)
+        if cfg.obs_keys and INSTRUCTION_KEY not in cfg.obs_keys:
+            cfg = cfg.replace(obs_keys=(*cfg.obs_keys, INSTRUCTION_KEY))
     dataset = ChunkDataset(episodes, cfg.obs_keys or None, cfg.n_obs_steps, cfg.horizon)
     extra = {"teacher": teacher} if teacher is not None else {}
     policy = klass.from_dataset(dataset, cfg, seed=seed, metadata=metadata, **extra)

@@ -32,19 +32,35 @@ def deploy_spec(policy: ImitationPolicy, task: str | None, extra: Mapping[str, A
 def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = None, backend: str = "mujoco",
                   steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
                   eval_episodes: int = 20, progress: Callable | None = None, command: str | None = None,
-                  export: bool = True) -> dict:
+                  export: bool = True, language: bool = False) -> dict:
+    """Train, evaluate, export. With ``language``, the policy is conditioned on the instruction labels
+    (``instruction_embedding``) and evaluated with the task's scripted expert naming the instructions
+    (:func:`serl_ctrl.language.hierarchy.expert_instruction_success`); the instructions it learned go
+    into the spec's ``extra`` (``serl-ctrl run --planner`` reads them)."""
     out = Path(out)
-    trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress)
+    trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress,
+                              language=language)
     policy = load_policy(trained["checkpoint"])
     task = task or policy.metadata.get("task")
     result: dict[str, Any] = {"algo": algo, "checkpoint": trained["checkpoint"], "run": str(out),
                               **{k: v for k, v in trained["metrics"].items() if isinstance(v, (int, float, str))}}
+    if language:
+        result["instructions"] = list(policy.metadata.get("instructions", []))
     if not export:
-        if task:
+        if task and language:
+            from ..language.hierarchy import expert_instruction_success, load_low_level
+
+            ev = expert_instruction_success(load_low_level(out), task, backend, eval_episodes, EVAL_SEED, progress)
+            result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task,
+                          eval_instructions="scripted expert")
+        elif task:
             ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
             result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
         return result
-    spec = deploy_spec(policy, task, {"command": command, "commit": git_commit(), "demos": str(demos)})
+    extra = {"command": command, "commit": git_commit(), "demos": str(demos)}
+    if language:
+        extra["instructions"] = list(policy.metadata.get("instructions", []))
+    spec = deploy_spec(policy, task, extra)
     obs_mode = spec.obs_mode
     path = out / "policy.onnx"
     report = export_onnx(policy.export_modules()["deploy"], spec, path)
@@ -55,11 +71,16 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
         from ..runtime.onnx_policy import OnnxPolicy
 
         deployed = OnnxPolicy(path, verify_card=False)
-        env = make_eval_env(deployed, task, backend=backend)
-        try:
-            ev = evaluate(deployed, env, eval_episodes, seed=EVAL_SEED, progress=progress)
-        finally:
-            env.close()
+        if language:  # the scripted expert names the instructions
+            from ..language.hierarchy import expert_instruction_success
+
+            ev = expert_instruction_success(deployed, task, backend, eval_episodes, EVAL_SEED, progress)
+        else:
+            env = make_eval_env(deployed, task, backend=backend)
+            try:
+                ev = evaluate(deployed, env, eval_episodes, seed=EVAL_SEED, progress=progress)
+            finally:
+                env.close()
         card = {"success_rate": ev["success_rate"], "eval_episodes": eval_episodes, "eval_seeds": f"{EVAL_SEED}+",
                 "eval_backend": backend, "infer_ms_p50": ev["infer_ms_p50"]}
         result.update(task=task, **card)

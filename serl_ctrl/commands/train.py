@@ -32,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on a learned reward: a classifier from serl-ctrl reward-classifier --out "
                              "(1 and episode end on predicted success; evaluation uses the task's success)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1: two OpenMP threads next to a simulator were 9x slower here)")
+    parser.add_argument("--stop-at", type=float, metavar="RATE",
+                        help="end the run at the first evaluation whose success rate reaches RATE (e.g. 0.9)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--no-export", action="store_true", help="skip writing policy.onnx at the end")
+    parser.add_argument("--language", action="store_true",
+                        help="diffusion/consistency/bc: condition the policy on the demos' per-step instruction "
+                             "labels (observation instruction_embedding, MiniLM) for serl-ctrl run --planner")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -44,6 +49,8 @@ def run(args: argparse.Namespace) -> dict:
     command = "serl-ctrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.algo in IMITATION:
         return _run_imitation(args, progress, command)
+    if args.language:
+        raise ValueError("--language applies to the imitation algorithms (diffusion, consistency, bc), not sac")
     from ..agents.train_sac import RunConfig, train_sac
 
     values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs, "reward": args.reward,
@@ -52,8 +59,10 @@ def run(args: argparse.Namespace) -> dict:
               "intervention": args.intervention, "threads": args.threads,
               "reward_classifier": args.reward_classifier}
     cfg = RunConfig.load(args.config, values, args.overrides)
+    if args.stop_at is not None and not 0.0 < args.stop_at <= 1.0:
+        raise ValueError(f"--stop-at must be in (0, 1], got {args.stop_at}")
     return train_sac(cfg, args.out, resume=args.resume, progress=progress, command=command,
-                     export=not args.no_export)
+                     export=not args.no_export, stop_at=args.stop_at)
 
 
 def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
@@ -63,8 +72,8 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
 
     if not args.demos:
         raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
-    if args.env_id or args.resume or args.intervention or args.reward_classifier:
-        raise ValueError(f"--env, --resume, --intervention and --reward-classifier apply to --algo sac only, "
+    if args.env_id or args.resume or args.intervention or args.reward_classifier or args.stop_at is not None:
+        raise ValueError(f"--env, --resume, --intervention, --reward-classifier and --stop-at apply to --algo sac only, "
                          f"not {args.algo}")
     overrides = {}
     for item in args.overrides:
@@ -75,4 +84,4 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
     return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
                          steps=args.steps, seed=args.seed, overrides=overrides,
                          eval_episodes=args.eval_episodes or 20, progress=progress, command=command,
-                         export=not args.no_export)
+                         export=not args.no_export, language=args.language)

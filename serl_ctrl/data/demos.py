@@ -48,14 +48,30 @@ class DemoReport:
 
 
 def expert_episode(env, seed: int, noise: float = 0.0, recorder: EpisodeRecorder | None = None,
-                   on_frame: Callable[[np.ndarray], None] | None = None) -> tuple[bool, int]:
+                   on_frame: Callable[[np.ndarray], None] | None = None, detour: float = 0.0,
+                   perturb: Callable | None = None, fumble: float = 0.0) -> tuple[bool, int]:
     """Run the task's scripted expert for one episode; returns (success, steps).
 
     ``env`` is a (possibly wrapped) Panda environment; the expert reads its privileged state.
-    With ``noise`` > 0, Gaussian noise (in action units) is added to the expert's moves.
+    With ``noise`` > 0, Gaussian noise (in action units) is added to the expert's moves. With
+    ``detour`` > 0, that fraction of the episodes starts with a move to a point 1.5-3 cm beside the
+    first waypoint (:func:`~serl_ctrl.envs.tasks.base.with_detour`), so the labels include the small
+    lateral corrections ("move a bit to the left") a language-conditioned policy must follow.
+    ``perturb(env, step, rng)`` (e.g. :class:`~serl_ctrl.envs.perturb.ObjectJump`) is called before
+    every step with its own generator; the expert sees the result and recovers.
+    With ``fumble`` > 0, that fraction of the episodes has the gripper close on nothing for two steps
+    at a random step between 4 and 15 (labelled with the script's closing instruction); the script
+    then goes on and opens it again, so the labels include recoveries from a premature grasp.
     """
     base = env.unwrapped
     expert = base.task.expert()
+    if detour > 0:
+        drng = np.random.default_rng([seed, 1])  # its own stream: detour=0 records exactly as before
+        if drng.random() < detour:
+            from ..envs.tasks.base import with_detour
+
+            angle, radius = drng.uniform(0.0, 2 * np.pi), drng.uniform(0.015, 0.03)
+            expert = with_detour(expert, np.array([radius * np.cos(angle), radius * np.sin(angle), 0.0]))
     expert.noise = noise
     expert.reset()
     rng = np.random.default_rng(seed)
@@ -65,8 +81,20 @@ def expert_episode(env, seed: int, noise: float = 0.0, recorder: EpisodeRecorder
     if on_frame is not None:
         on_frame(env.render())
     steps = 0
+    prng = np.random.default_rng([seed, 2])
+    fumble_at, closing = -10, ""
+    if fumble > 0:
+        frng = np.random.default_rng([seed, 4])
+        closing = next((s.instruction for s in expert.segments if s.gripper > 0), "")
+        if closing and frng.random() < fumble:
+            fumble_at = int(frng.integers(4, 16))
     while True:
-        move, instruction = expert.act(base.task_state(), rng)
+        if perturb is not None:
+            perturb(env, steps, prng)
+        if fumble_at <= steps < fumble_at + 2:
+            move, instruction = np.array([0.0, 0.0, 0.0, 1.0], np.float32), closing
+        else:
+            move, instruction = expert.act(base.task_state(), rng)
         action = np.zeros(env.action_space.shape, dtype=np.float32)
         action[:3], action[-1] = move[:3], move[3]  # the expert never turns the gripper (yaw = 0)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -91,11 +119,20 @@ def record_demonstrations(
     image_size: int = 128,
     reward: str = "sparse",
     progress: Callable | None = None,
+    detour: float = 0.0,
+    jump: float = 0.0,
+    fumble: float = 0.0,
 ) -> DemoReport:
     """Record ``n`` expert episodes of ``task``; write them to ``out`` (None: record nothing).
 
     Failed attempts are counted in the success rate and, unless ``keep_failures``, not written
     (failures are useful as negatives for a reward classifier, not as demonstrations).
+    ``detour``: fraction of episodes that start with a small detour (see :func:`expert_episode`).
+    ``jump``: fraction of episodes in which the object jumps 5-7 cm away as the gripper comes down on
+    it (:class:`~serl_ctrl.envs.perturb.ObjectJump`, at a random height of 3-10 cm or lower), so the
+    labels include recoveries.
+    ``fumble``: fraction of episodes in which the gripper closes on nothing for two steps, then the
+    script recovers (see :func:`expert_episode`).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -111,9 +148,20 @@ def record_demonstrations(
                 task=base.task.name, backend=backend, obs_mode=obs, seed=seed + i,
                 control_hz=base.control_hz, action_low=env.action_space.low, action_high=env.action_space.high,
                 source="scripted_expert", expert_noise=noise, image_size=image_size, reward=reward,
+                **({"expert_detour": detour} if detour > 0 else {}),
+                **({"expert_jump": jump} if jump > 0 else {}),
+                **({"expert_fumble": fumble} if fumble > 0 else {}),
             )
             recorder = EpisodeRecorder(meta) if out is not None else None
-            success, steps = expert_episode(env, seed + i, noise, recorder)
+            perturb = None
+            jrng = np.random.default_rng([seed + i, 3])
+            if jump > 0 and jrng.random() < jump:
+                from ..envs.perturb import ObjectJump
+
+                # anywhere from "about to grasp" to "starting down from above it": varied recoveries
+                perturb = ObjectJump(base.task.movable()[0], above=(-1.0, float(jrng.uniform(0.03, 0.10))))
+            success, steps = expert_episode(env, seed + i, noise, recorder, detour=detour, perturb=perturb,
+                                            fumble=fumble)
             report.attempts += 1
             report.successes += int(success)
             report.lengths.append(steps)

@@ -184,6 +184,18 @@ class WaypointExpert:
         return action, instruction
 
 
+def with_detour(expert: WaypointExpert, offset: np.ndarray) -> WaypointExpert:
+    """The same script, but starting with a move to the first segment's target shifted by ``offset``
+    (labelled like the first segment). From there the first segment's small corrections ("move a bit
+    to the left" ...) bring the TCP back, so demonstrations recorded this way hold examples of every
+    small correction a person may speak, not only the ones the straight approach happens to need."""
+    first = expert.segments[0]
+    shift = np.asarray(offset, dtype=float)
+    target = lambda s: first.target(s) + shift  # noqa: E731
+    detour = Segment(first.instruction, target, first.gripper, reached(target, 0.006, 0.02))
+    return WaypointExpert([detour, *expert.segments], expert.pos_step, expert.noise, expert.restart)
+
+
 def reached(target: Callable[[TaskState], np.ndarray], tol_xy: float, tol_z: float) -> Callable[[TaskState, int], bool]:
     """A ``done`` test: the TCP is within tolerance of the segment's target."""
 
