@@ -123,6 +123,8 @@ setup(
             "policy_node = serl_ctrl.ros.policy_node:main",
             "actor_node = serl_ctrl.ros.actor_node:main",
             "learner_node = serl_ctrl.ros.learner_node:main",
+            "speech_node = serl_ctrl.ros.speech_node:main",
+            "planner_node = serl_ctrl.ros.planner_node:main",
             # --- end of ROS 2 node executables
         ],
     },

@@ -27,7 +27,7 @@ CONFIG_FILES = sorted((ROOT / "config").glob("*.yaml"))
 BUILTIN_PARAMS = {"use_sim_time"}
 # Topic names the nodes use (relative; cameras and objects by pattern) - what remappings may target.
 NODE_TOPICS = re.compile(
-    r"^(joint_states|tcp_pose|tcp_twist|task/reward|transitions|policy/weights|cartesian_controller/target_(pose|twist)"
+    r"^(joint_states|tcp_pose|tcp_twist|task/reward|transitions|policy/onnx|cartesian_controller/target_(pose|twist)"
     r"|gripper_controller/commands|joint_position_controller/commands|joint_trajectory_controller/joint_trajectory"
     r"|[a-z_]+/(image_raw|camera_info)|objects/[a-z_]+/pose|sim_bridge/(reset|pause))$"
 )
@@ -70,7 +70,8 @@ def _config(name: str) -> dict:
 
 
 def test_there_are_launch_and_config_files():
-    assert {p.name for p in LAUNCH_FILES} >= {"sim.launch.py", "robot.launch.py", "train.launch.py"}
+    assert {p.name for p in LAUNCH_FILES} >= {"sim.launch.py", "robot.launch.py", "train.launch.py",
+                                              "language.launch.py"}
     assert {p.name for p in CONFIG_FILES} >= {f"{n}.yaml" for n in NODES}
 
 
@@ -86,7 +87,7 @@ def test_setup_py_registers_every_node_executable():
 def test_each_node_declares_its_whole_table(node):
     """The table the tests check is the one the node declares (declare(self, <TABLE>))."""
     table_name = {"sim_bridge": "SIM_BRIDGE", "policy_node": "POLICY_NODE", "actor_node": "ACTOR_NODE",
-                  "learner_node": "LEARNER_NODE"}[node]
+                  "learner_node": "LEARNER_NODE", "speech_node": "SPEECH_NODE", "planner_node": "PLANNER_NODE"}[node]
     tree = ast.parse((ROOT / "serl_ctrl" / "ros" / f"{node}.py").read_text())
     calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and _call_name(c) == "declare"]
     assert [c.args[1].id for c in calls if len(c.args) == 2 and isinstance(c.args[1], ast.Name)] == [table_name]

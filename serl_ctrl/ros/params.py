@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from ..envs.backend import BACKENDS
-from ..envs.panda_env import OBS_MODES
+from ..envs.panda_env import OBS_MODES, REWARDS as REWARD_MODES
 from ..envs.scene import CAMERAS as _SCENE_CAMERAS
 from ..envs.tasks import TASKS as _TASKS
 
 __all__ = [
-    "ACTOR_NODE", "LEARNER_NODE", "NODES", "POLICY_NODE", "Param", "ParameterError", "SIM_BRIDGE",
+    "ACTOR_NODE", "LEARNER_NODE", "NODES", "PLANNER_NODE", "POLICY_NODE", "Param", "ParameterError", "SIM_BRIDGE",
+    "SPEECH_NODE",
     "declare", "on_set_validator", "validate",
 ]
 
@@ -89,10 +90,20 @@ SIM_BRIDGE: tuple[Param, ...] = (
     Param("task", "pickcube", "Task scene and randomised resets (objects, targets, reward).", choices=TASKS),
     Param("rate_hz", 100.0, "Control tick rate: state, /clock and object poses are published once per "
           "tick, and the physics (500 Hz) advances round(500 / rate_hz) steps per tick.", 10.0, 500.0),
-    Param("real_time", True, "true: pace ticks to the wall clock (real-time factor 1); false: run as "
+    Param("real_time", True, "true: pace ticks to the wall clock (at real_time_factor); false: run as "
           "fast as the CPU allows (simulated time still drives /clock, but the simulation does not wait "
           "for anyone: nodes ticking on /clock fall behind, and their stamped commands turn stale).",
           read_only=False),
+    Param("real_time_factor", 1.0, "Simulated seconds per wall-clock second when real_time is true: 1 on a "
+          "robot-like schedule; above 1 trains faster in simulation (with lockstep_hz, so that a slow actor "
+          "makes the simulation wait instead of acting late).", 0.1, 20.0),
+    Param("lockstep_hz", 0.0, "Training in simulation: wait, every 1/lockstep_hz of simulated time (the "
+          "actor's control rate, in the actor's phase), for the Cartesian target answering that instant "
+          "before simulating on, so no step is late or longer than one period whatever the machine's load. "
+          "0: never wait (as a real arm). Must divide the tick rate.", 0.0, 100.0),
+    Param("lockstep_timeout_s", 0.5, "Longest wall-clock wait for that command; then the simulation goes "
+          "on and waits again only once a command answers an instant (an actor that resets, holds or "
+          "stopped).", 0.01, 10.0),
     Param("cameras", "", "Comma-separated cameras to publish as <cam>/image_raw + <cam>/camera_info "
           "(sensor-data QoS): front, wrist; '' for none.", check=_cameras),
     Param("camera_hz", 15.0, "Camera frame rate (rendered every round(rate_hz / camera_hz) ticks).", 1.0, 60.0),
@@ -139,8 +150,9 @@ ACTOR_NODE: tuple[Param, ...] = (
           0, 10**9),
     Param("max_episode_steps", 0, "Steps per episode before the actor resets the arm (0: the task's "
           "default).", 0, 100000),
-    Param("sac_config", "", "YAML file with the SAC configuration (must match the learner's; '' for "
-          "defaults)."),
+    Param("reward", "sparse", "Reward sent with each transition, from task/reward: sparse (1 on success; "
+          "the episode ends at success) or dense (shaped, in [0, 1]; the episode runs to max_episode_steps, "
+          "as the gym environment with reward='dense'). Must match the learner's.", choices=REWARD_MODES),
     Param("pos_step", 0.03, "Metres of target motion per unit action per tick.", 0.001, 0.1),
     Param("reset_timeout_s", 10.0, "How long to wait for the simulator's reset service (s).", 0.1, 120.0),
     *_safety(sender=True),
@@ -150,10 +162,49 @@ LEARNER_NODE: tuple[Param, ...] = (
     Param("task", "pickcube", "Task being learned (must match the actors').", choices=TASKS),
     Param("obs", "state", "Observation mode: state, pixels or both (must match the actors').",
           choices=OBS_MODES),
+    Param("reward", "sparse", "Reward mode the actors send (sparse or dense); transitions with another are "
+          "dropped and counted, and demos must have been recorded with it.", choices=REWARD_MODES),
     Param("sac_config", "", "YAML file with the SAC configuration ('' for defaults)."),
     Param("seed", 0, "Seed of the networks and the replay sampling.", 0, 2**31 - 1),
-    Param("publish_every", 50, "Publish the actor weights every this many policy updates.", 1, 10**6),
+    Param("demos", "", "Folder of demonstration episodes (serl-ctrl demos, same task, obs and reward) "
+          "for RLPD's 50/50 demo/online batches, as serl-ctrl train --demos; '' for none."),
+    Param("publish_every", 50, "Publish a new policy version (ONNX on policy/onnx) every this many "
+          "policy updates.", 1, 10**6),
+    Param("checkpoint_dir", "", "Folder for periodic atomic checkpoints of the whole learner (networks, "
+          "optimisers, replay, counters); '' for none."),
+    Param("checkpoint_every", 5000, "Write a checkpoint every this many received env steps (and one at "
+          "shutdown), when checkpoint_dir is set.", 1, 10**9),
+    Param("resume", False, "Continue from the newest checkpoint in checkpoint_dir (a fresh start, with a "
+          "warning, when there is none)."),
+    Param("threads", 0, "Torch threads for the updates (0: torch's default; 1 is fair on a machine shared with "
+          "the simulator and the actor).", 0, 256),
     Param("diagnostics_hz", 1.0, "Rate of /diagnostics (env steps, updates, sequence gaps).", 0.1, 10.0),
+)
+
+SPEECH_NODE: tuple[Param, ...] = (
+    Param("wav_files", "", "Comma-separated WAV files to recognise one after the other instead of the "
+          "microphone (tests, recorded commands); '' listens to the audio device."),
+    Param("wav_period_s", 1.0, "Seconds before each WAV file is recognised (the first one included), so "
+          "subscribers can connect first.", 0.0, 60.0),
+    Param("device", "", "Audio input device (a sounddevice name or number); '' is the system default. "
+          "Used when wav_files is ''."),
+    Param("min_confidence", 0.15, "Recognitions below this confidence give a transcript but no correction "
+          "(unrecognised speech changes nothing); 'stop' is never rejected.", 0.0, 1.0),
+)
+
+PLANNER_NODE: tuple[Param, ...] = (
+    Param("planner", "", "The planner to run: a folder (or NAME.json) written by `serl-ctrl train-planner` "
+          "or `serl-ctrl finetune-planner`."),
+    Param("rate_hz", 10.0, "Rate at which the planner decides and publishes the instruction (timer on the "
+          "ROS clock); the policy's control rate is a good choice.", 1.0, 50.0),
+    Param("hold_steps", 10, "Planner ticks a correction overrides the planner at most (it also ends when the "
+          "planner agrees and then moves on).", 1, 1000),
+    Param("dwell", 1, "Ticks a different planner instruction must win in a row before it is published "
+          "(1: at once; 2 damps flicker between two instructions).", 1, 10),
+    Param("corrections_log", "", "Write every correction with its observation history to this .npz file "
+          "(atomically, after each one) for `serl-ctrl finetune-planner`; '' keeps no log."),
+    Param("command_timeout_s", 0.5, "Observations older than this (ROS time, s) make the planner skip its "
+          "tick (no new instruction); corrections still go out at once.", 0.01, 10.0),
 )
 
 NODES: dict[str, tuple[Param, ...]] = {
@@ -161,6 +212,8 @@ NODES: dict[str, tuple[Param, ...]] = {
     "policy_node": POLICY_NODE,
     "actor_node": ACTOR_NODE,
     "learner_node": LEARNER_NODE,
+    "speech_node": SPEECH_NODE,
+    "planner_node": PLANNER_NODE,
 }
 
 

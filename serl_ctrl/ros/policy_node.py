@@ -19,6 +19,14 @@ action to a Cartesian target exactly as ``PandaEnv.step`` does
 ``cartesian_controller/target_pose`` (stamped with the newest observation's stamp, so the arm
 can drop it when it is stale) and ``gripper_controller/commands`` ([opening in m]).
 
+A language-conditioned policy (observation ``instruction_embedding``) also subscribes to
+``instruction`` (std_msgs/String, from planner_node; reliable, transient-local): the words are
+mapped onto a canonical instruction (:func:`serl_ctrl.language.vocabulary.parse`; unknown words are
+logged and ignored) and embedded with MiniLM (:mod:`serl_ctrl.language.embedding`). Until a first
+instruction arrives the node sends nothing; a new one drops the policy's queued actions, so it acts
+on the next tick. ``"stop"`` commands the measured pose (zero motion, gripper as last commanded) on
+every tick until another instruction arrives.
+
 Changing the ``policy`` parameter (or publishing a path on ``~/load_policy``) loads the new policy
 in a background thread and swaps it in between two ticks; the new policy must take the same
 observations and action size. ``/diagnostics`` reports tick latency, observation-to-command
@@ -44,11 +52,12 @@ from std_msgs.msg import Float64MultiArray, String
 from ..envs.actions import action_to_target
 from ..runtime.safety import SafetyFilter, SafetyLimits, stale_inputs
 from . import convert
-from .common import (COMMAND_QOS, STATE_QOS, diagnostic_array, guarded, run_node, set_realtime_priority,
-                     subscribe_observations)
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, diagnostic_array, guarded, run_node,
+                     set_realtime_priority, subscribe_observations)
 from .params import POLICY_NODE, declare, on_set_validator
 
 CLOCK_MISMATCH_S = 1e5  # an input this old means sim-time stamps read on a wall clock (or the reverse)
+INSTRUCTION_KEY = "instruction_embedding"  # serl_ctrl.language.conditioning.INSTRUCTION_KEY
 
 
 def default_loader(name_or_path: str):
@@ -93,6 +102,12 @@ class PolicyNode(LifecycleNode):
         self._reset_counters()
         self._msg_target = PoseStamped()
         self._msg_gripper = Float64MultiArray()
+        self._instruction_sub = None
+        self._embed = None  # instruction -> embedding, for language-conditioned policies
+        self.instruction: str | None = None
+        self._instruction_emb = None
+        self._instruction_new = False
+        self._last_gripper = -1.0
         if self.params["autostart"]:
             # After the executor starts, so that the first transition's logs and services work.
             self._autostart_timer = self.create_timer(0.01, self._autostart,
@@ -185,7 +200,13 @@ class PolicyNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         try:
             policy = self._load(p["policy"])
-            builder = convert.ObservationBuilder(policy.spec.obs)
+            language = INSTRUCTION_KEY in policy.spec.obs
+            builder = convert.ObservationBuilder({k: v for k, v in policy.spec.obs.items() if k != INSTRUCTION_KEY})
+            if language:
+                from ..language.conditioning import InstructionTable
+
+                self._embed = InstructionTable()
+                self._embed("stop")  # builds MiniLM now, not at the first instruction
         except Exception as exc:  # noqa: BLE001 - report any loading problem and stay unconfigured
             log.error(f"configure failed: policy {p['policy']!r}: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -204,6 +225,8 @@ class PolicyNode(LifecycleNode):
                                                             COMMAND_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", STATE_QOS)
         self._load_sub = self.create_subscription(String, "~/load_policy", self._on_load_request, COMMAND_QOS)
+        if self._embed is not None:
+            self._instruction_sub = self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
         self._diag_timer = self.create_timer(1.0 / p["diagnostics_hz"], self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         topics = ["tcp_pose"] + [s.topic for s in builder.sources if s.kind != "tcp_pose"]
@@ -215,6 +238,32 @@ class PolicyNode(LifecycleNode):
             self._tcp = (pos, quat, stamp, recv)
 
         self._subs = subscribe_observations(self, self.builder, on_tcp, self._guard)
+
+    def _on_instruction(self, msg: String) -> None:
+        """A new instruction (language-conditioned policies): canonical words only, never executed."""
+        from ..language.vocabulary import COMMANDS, parse
+
+        text = msg.data
+        cmd = COMMANDS.get(text) or parse(text)
+        if cmd is None:
+            self.get_logger().warning(f"instruction not understood, keeping {self.instruction!r}: {text!r}",
+                                      throttle_duration_sec=2.0)
+            return
+        if cmd.instruction == self.instruction:
+            return
+        if cmd.kind != "stop":
+            try:
+                emb = self._embed(cmd.instruction)
+            except Exception as exc:  # noqa: BLE001 - a broken encoder must not kill the node; the arm holds
+                self.errors += 1
+                self.get_logger().error(f"cannot embed instruction {cmd.instruction!r}: {exc}")
+                return
+            with self._lock:
+                self._instruction_emb = emb
+        with self._lock:
+            self.instruction = cmd.instruction
+            self._instruction_new = True
+        self.get_logger().info(f"instruction: {cmd.instruction!r}")
 
     def _guard(self, fn, *args) -> None:
         guarded(self, fn, *args)
@@ -255,9 +304,14 @@ class PolicyNode(LifecycleNode):
         if self._pub_diag is not None:
             self.destroy_publisher(self._pub_diag)
         self._pub_target = self._pub_gripper = self._pub_diag = None
+        if self._instruction_sub is not None:
+            self.destroy_subscription(self._instruction_sub)
+            self._instruction_sub = None
         self.policy = self.builder = None
         self._tcp = None
         self._pending = None
+        self._embed = None
+        self.instruction = self._instruction_emb = None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
@@ -290,9 +344,26 @@ class PolicyNode(LifecycleNode):
         if stale:
             return self._hold("stale:" + ",".join(sorted(stale)), "; ".join(f"{k}: {v}" for k, v in stale.items()),
                               now, stamps)
+        language = self._embed is not None
+        if language and self.instruction is None:
+            return self._hold("instruction", "no instruction yet (planner_node publishes it on 'instruction')",
+                              now, stamps)
         try:
-            obs = self.builder.build()
-            action = self.policy.act(obs)
+            if language:
+                with self._lock:
+                    instruction, emb, new = self.instruction, self._instruction_emb, self._instruction_new
+                    self._instruction_new = False
+                if new and hasattr(self.policy, "flush"):
+                    self.policy.flush()  # the new instruction acts on this tick, not after the queued chunk
+            if language and instruction == "stop":
+                action = np.zeros(int(self.policy.spec.action_dim), np.float32)  # the measured pose: no motion
+                action[-1] = self._last_gripper  # the gripper as last commanded: a held object stays held
+            else:
+                obs = self.builder.build()
+                if language:
+                    obs[INSTRUCTION_KEY] = emb
+                action = self.policy.act(obs)
+                self._last_gripper = float(np.asarray(action)[-1])
             pos, quat = self._tcp[0], self._tcp[1]
             yaw_step = self.params["yaw_step"] if int(self.policy.spec.action_dim) == 5 else None
             target = action_to_target(action, pos, quat, pos_step=self.params["pos_step"], yaw_step=yaw_step)

@@ -27,6 +27,11 @@ and the arm holds)
 Services
   ``~/reset`` (std_srvs/Trigger): a new randomised episode;  ``~/pause`` (std_srvs/SetBool).
 
+Training in simulation: ``real_time_factor`` runs simulated time faster than the wall clock, and
+``lockstep_hz`` (the actor's control rate) makes the simulation wait at each of the actor's instants
+for the Cartesian target that answers it, so a loaded machine gives late answers no room: every
+step lasts one period, as in the gym environment.
+
 Joint commands are tracked through forward kinematics by the Cartesian impedance controller (see
 serl_ctrl.runtime.arm for why). Stamps are simulated time; a zero stamp means "now". With no
 accepted command for ``command_timeout_s`` the arm holds (reference latched at the measured pose).
@@ -74,6 +79,7 @@ class SimBridge(Node):
         self.physics_steps = max(1, int(round(1.0 / (p["rate_hz"] * self.arm.physics_dt))))
         self.tick_dt = self.physics_steps * self.arm.physics_dt
         self.real_time = bool(p["real_time"])
+        self.real_time_factor = float(p["real_time_factor"])
         self.safety = SafetyFilter(SafetyLimits(command_timeout_s=p["command_timeout_s"], max_step_m=p["max_step_m"],
                                                 max_joint_step_rad=p["max_joint_step_rad"]))
         self.watchdog = CommandWatchdog(p["command_timeout_s"])
@@ -81,6 +87,15 @@ class SimBridge(Node):
         self.cameras = [c for c in (s.strip() for s in p["cameras"].split(",")) if c]
         self.camera_every = max(1, int(round(p["rate_hz"] / p["camera_hz"])))
         self.paused = False
+        # Lockstep (training in simulation): after the tick at the instant an actor will answer next,
+        # simulate on only once its Cartesian target stamped with that instant has arrived.
+        self.lockstep_period = 1.0 / p["lockstep_hz"] if p["lockstep_hz"] > 0 else 0.0
+        if self.lockstep_period and abs(self.lockstep_period / self.tick_dt - round(self.lockstep_period / self.tick_dt)) > 1e-6:
+            raise ParameterError(f"lockstep_hz={p['lockstep_hz']:g} must divide the tick rate ({1.0 / self.tick_dt:g} Hz)")
+        self._lock_next: float | None = None  # the instant whose command the simulation waits for
+        self._lock_waiting = False
+        self.lockstep_waits = 0
+        self.lockstep_timeouts = 0
 
         # --- publishers
         self.pub_joints = self.create_publisher(JointState, "joint_states", STATE_QOS)
@@ -128,6 +143,7 @@ class SimBridge(Node):
         self.ticks = 0
         self.overruns = 0
         self.accepted = 0
+        self.late_commands = 0  # stamped before the current tick: the sender answered after the next tick
         self.rejected = 0
         self.last_rejection = ""
         self._diag_period = 1.0 / p["diagnostics_hz"]
@@ -136,7 +152,8 @@ class SimBridge(Node):
         self.rtf = 0.0
         self.get_logger().info(
             f"simulated Panda: backend={p['backend']} task={p['task']} tick {1.0 / self.tick_dt:.0f} Hz "
-            f"({self.physics_steps} physics steps), {'real time' if self.real_time else 'as fast as possible'}, "
+            f"({self.physics_steps} physics steps), "
+            f"{(f'real time x{self.real_time_factor:g}') if self.real_time else 'as fast as possible'}, "
             f"cameras={self.cameras or 'none'}, objects={list(self.pub_objects)}"
         )
         self._publish_state()
@@ -173,6 +190,13 @@ class SimBridge(Node):
             return self._reject("cartesian_controller/target_pose", v.reason)
         self.arm.apply_cartesian_target(v.value, v.extra["quat"])
         self._accept()
+        stamp = convert.stamp_to_sec(msg.header.stamp)
+        if 0.0 < stamp < self._now() - 1e-9:
+            self.late_commands += 1
+        if self.lockstep_period and stamp > 0.0 and (self._lock_next is None
+                                                     or stamp >= self._lock_next - 0.5 * self.tick_dt):
+            self._lock_next = stamp + self.lockstep_period  # the sender's next instant
+            self._lock_waiting = False
 
     def _on_target_twist(self, msg: TwistStamped) -> None:
         lin, ang = convert.twist_to_arrays(msg.twist)
@@ -214,6 +238,7 @@ class SimBridge(Node):
         self.arm.apply_gripper(float(v.value[0]))
 
     def _on_reset(self, request, response):
+        self._lock_next, self._lock_waiting = None, False  # the actor answers again after the reset
         self.arm.reset()
         self.watchdog.reset()
         response.success = True
@@ -247,8 +272,10 @@ class SimBridge(Node):
             self._publish_diagnostics()
 
     def _stamp(self):
-        t = self.arm.time
-        self.msg_clock.clock.sec, self.msg_clock.clock.nanosec = int(t), int(round((t - int(t)) * 1e9)) % 1_000_000_000
+        # The whole time rounded to nanoseconds (convert.set_stamp): t = 24.9999999999996, a float sum
+        # of physics steps, is 25 s + 0 ns. (Splitting int(t) off first gave 24 s + 0 ns, a clock one
+        # second in the past at about every other whole second.)
+        convert.set_stamp(self.msg_clock.clock, self.arm.time)
         return self.msg_clock.clock
 
     def _publish_state(self, cameras: bool = False) -> None:
@@ -312,21 +339,25 @@ class SimBridge(Node):
         message = "running"
         if self.paused:
             message = "paused"
-        elif self.real_time and self.rtf < 0.95:
-            level, message = "warn", f"slower than real time (RTF {self.rtf:.2f})"
+        elif self.real_time and self.rtf < 0.95 * self.real_time_factor:
+            level, message = "warn", f"slower than scheduled (RTF {self.rtf:.2f} of {self.real_time_factor:g})"
         if self.watchdog.holding and not self.paused:
             message += ", holding (no fresh command)"
         values = {
             "sim_time_s": sim, "real_time_factor": self.rtf, "ticks": self.ticks, "tick_overruns": self.overruns,
             "commands_accepted": self.accepted, "commands_rejected": self.rejected,
+            "late_commands": self.late_commands, "lockstep_waits": self.lockstep_waits,
+            "lockstep_timeouts": self.lockstep_timeouts,
             "last_rejection": self.last_rejection, "holding": self.watchdog.holding, "holds": self.watchdog.holds,
             "episode": self.arm.episode, "paused": self.paused, "real_time": self.real_time,
+            "real_time_factor_goal": self.real_time_factor,
         }
         self.pub_diag.publish(diagnostic_array(self._stamp(), "sim_bridge: simulated arm", "sim_panda", level,
                                                message, values))
 
     def run(self) -> None:
-        """Tick until shutdown: paced to the wall clock (``real_time``) or as fast as possible.
+        """Tick until shutdown: paced to the wall clock (``real_time``; ``real_time_factor``
+        simulated seconds per wall second) or as fast as possible.
 
         Between ticks the executor serves commands and services, so a command is applied at the
         next tick at the latest. A tick that starts more than one period late counts as an overrun
@@ -346,18 +377,42 @@ class SimBridge(Node):
                     if remaining > 0:
                         executor.spin_once(timeout_sec=remaining)
                         continue
-                    if -remaining > self.tick_dt:
+                    period = self.tick_dt / self.real_time_factor
+                    if -remaining > period:
                         self.overruns += 1
                         next_t = time.monotonic()
-                    next_t += self.tick_dt
+                    next_t += period
                     executor.spin_once(timeout_sec=0.0)
                 else:
                     executor.spin_once(timeout_sec=FAST_MODE_WAIT_S)
                     next_t = time.monotonic()
                 self.tick()
+                if self._lock_next is not None and self._lockstep_wait(executor):
+                    next_t = max(next_t, time.monotonic())  # waiting for the actor is not an overrun
         finally:
             executor.remove_node(self)
             executor.shutdown(timeout_sec=0.1)
+
+    def _lockstep_wait(self, executor) -> bool:
+        """At the instant a lockstep sender answers next, serve callbacks until its command (stamped
+        with this instant) arrives, a reset ends its streak, or ``lockstep_timeout_s`` passes (then
+        the simulation goes on, and waits again once a command answers an instant). True if it waited."""
+        if self.paused or abs(self.arm.time - self._lock_next) > 0.5 * self.tick_dt:
+            return False
+        self.lockstep_waits += 1
+        self._lock_waiting = True
+        deadline = time.monotonic() + self.params["lockstep_timeout_s"]
+        while self._lock_waiting and self.context.ok():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.lockstep_timeouts += 1
+                self._lock_next, self._lock_waiting = None, False
+                self.get_logger().warning(
+                    f"lockstep: no command for t={self.arm.time:.3f} s within {self.params['lockstep_timeout_s']:g} s "
+                    "(wall); simulating on until commands answer again", throttle_duration_sec=5.0)
+                break
+            executor.spin_once(timeout_sec=min(left, 0.01))
+        return True
 
     def close(self) -> None:
         self.arm.close()
