@@ -17,7 +17,8 @@ CARD_FIELDS = {"algo", "task", "obs", "success_rate", "eval_episodes", "eval_see
 
 def test_policies_are_shipped():
     names = {p.stem for p in SHIPPED}
-    assert {"pickcube_diffusion_state", "pickcube_consistency_state"} <= names, names
+    assert {"pickcube_diffusion_state", "pickcube_consistency_state", "pickcube_sac_state",
+            "pickcube_bc_pixels"} <= names, names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
