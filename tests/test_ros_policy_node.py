@@ -440,12 +440,16 @@ def test_shipped_pickcube_policy_picks_the_cube_through_ros(ros_domain):
     from serl_ctrl.ros.sim_bridge import REWARD_LAYOUT
 
     bridge = NodeProcess("sim_bridge", ros_domain, {"task": "pickcube"})
-    node = NodeProcess("policy_node", ros_domain, {"policy": "pickcube_diffusion_state", "rate_hz": 10.0,
-                                                   "autostart": True, "use_sim_time": True})
     h = RosHarness(ros_domain)
+    node = None
     try:
         reward = h.subscribe(Float64MultiArray, "task/reward")
         success = REWARD_LAYOUT.index("success")
+        # Start the policy only once we hear the bridge: on a loaded machine discovery can take
+        # longer than the whole pick, and we must see the cube on the table first.
+        wait_for(lambda: reward.count > 0, 30, f"task/reward from sim_bridge (log: {bridge.log()[-800:]})")
+        node = NodeProcess("policy_node", ros_domain, {"policy": "pickcube_diffusion_state", "rate_hz": 10.0,
+                                                       "autostart": True, "use_sim_time": True})
 
         def lifted():
             return any(m.data[success] > 0.5 for m in reward.msgs)
@@ -457,5 +461,6 @@ def test_shipped_pickcube_policy_picks_the_cube_through_ros(ros_domain):
         assert "configured: policy" in node.log()
     finally:
         h.close()
-        node.stop()
+        if node is not None:
+            node.stop()
         bridge.stop()
