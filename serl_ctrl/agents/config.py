@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Tuple
 
-__all__ = ["ConfigError", "EncoderConfig", "SACConfig"]
+__all__ = ["ConfigError", "EncoderConfig", "SACConfig", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -178,34 +178,9 @@ class SACConfig:
 
         Values are parsed as YAML scalars/lists (``8``, ``3e-4``, ``true``, ``null``,
         ``[128,128]``); a tuple field also takes ``128,128``."""
-        import yaml
-
         data = base.to_dict() if isinstance(base, SACConfig) else dict(base or {})
         data = _deepcopy_dict(data)
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like 'sac.field=value'")
-            key, raw = item.split("=", 1)
-            parts = [p for p in key.strip().split(".") if p]
-            if parts and parts[0] == "sac":
-                parts = parts[1:]
-            if not parts:
-                raise ConfigError(f"override {item!r} names no field")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-            node = data
-            for p in parts[:-1]:
-                child = node.get(p)
-                if child is None:
-                    child = {}
-                elif not isinstance(child, dict):
-                    raise ConfigError(f"sac.{'.'.join(parts)}: 'sac.{p}' is not a group of "
-                                      "fields")
-                node[p] = child
-                node = child
-            node[parts[-1]] = value
+        apply_overrides(data, overrides, "sac")
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "SACConfig":
@@ -380,3 +355,36 @@ def _validate(obj: Any, prefix: str) -> None:
                 hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
             raise ConfigError(f"{name}={value!r} is out of range; allowed: {_range_text(meta)}")
 
+
+def apply_overrides(data: dict, overrides: Iterable[str], prefix: str) -> dict:
+    """Apply ``field=value`` / ``group.field=value`` overrides to a plain nested dict, in place.
+
+    A leading ``prefix.`` is optional (``sac.utd=8`` == ``utd=8``); values are parsed as YAML
+    scalars or lists (``8``, ``3e-4``, ``true``, ``null``, ``[128,128]``). Shared by every typed
+    config with ``from_overrides``; validation happens when the dict is turned into the config."""
+    import yaml
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like '{prefix}.field=value'")
+        parts = [p for p in key.strip().split(".") if p]
+        if parts and parts[0] == prefix:
+            parts = parts[1:]
+        if not parts:
+            raise ConfigError(f"override {item!r} names no field")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{prefix}.{'.'.join(parts)}: '{prefix}.{p}' is not a group of fields")
+            node[p] = child
+            node = child
+        node[parts[-1]] = value
+    return data

@@ -51,7 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serl_ctrl.agents.config import ConfigError, EncoderConfig, _coerce, _f, _from_dict, _range_text, _to_dict
+from serl_ctrl.agents.config import (ConfigError, EncoderConfig, _coerce, _f, _from_dict, _range_text, _to_dict,
+                                     apply_overrides)
 from serl_ctrl.data.episodes import Episode, list_episodes, load_episode
 from serl_ctrl.data.replay import ObsSpec
 from serl_ctrl.nn.encoders import ObservationEncoder, random_shift
@@ -158,33 +159,9 @@ class RewardClassifierConfig:
                        ) -> "RewardClassifierConfig":
         """Apply ``field=value`` overrides (``lr=1e-3``, ``encoder.channels=16``,
         ``hidden_dims=64,64``, ``keys=front,wrist``); values are YAML scalars or lists."""
-        import yaml
-
         data = base.to_dict() if isinstance(base, RewardClassifierConfig) else dict(base or {})
         data = json.loads(json.dumps(data))  # deep copy of plain data
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ConfigError(f"override {item!r} must look like FIELD=VALUE (e.g. lr=1e-3)")
-            parts = [p for p in key.strip().split(".") if p]
-            if parts and parts[0] == _P:
-                parts = parts[1:]
-            if not parts:
-                raise ConfigError(f"override {item!r} names no field")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-            node = data
-            for p in parts[:-1]:
-                child = node.get(p)
-                if child is None:
-                    child = {}
-                elif not isinstance(child, dict):
-                    raise ConfigError(f"{_P}.{'.'.join(parts)}: '{_P}.{p}' is not a group of fields")
-                node[p] = child
-                node = child
-            node[parts[-1]] = value
+        apply_overrides(data, overrides, _P)
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:

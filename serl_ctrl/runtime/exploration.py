@@ -19,9 +19,8 @@ import hashlib
 from typing import Any, Mapping
 
 import numpy as np
-import onnxruntime as ort
 
-from .spec import METADATA_KEY, PolicySpec
+from .onnx_policy import open_session
 
 OUTPUTS = ("action", "mean", "log_std")
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}
@@ -52,18 +51,7 @@ class ExplorationPolicy:
         if sha256 is not None and sha256 != self.sha256:
             raise PolicyIntegrityError(f"sha256 {self.sha256[:16]}... of the received policy does not match the "
                                        f"announced {str(sha256)[:16]}...: corrupted or truncated")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load the policy: {str(exc).splitlines()[0]}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError("the policy has no serl_ctrl metadata (not exported by serl_ctrl)")
-        self.spec = PolicySpec.from_json(meta[METADATA_KEY], where="received policy")
+        self.session, self.spec = open_session(data, threads, "received policy")
         if self.spec.horizon != 1 or self.spec.n_obs_steps != 1 or self.spec.sampler is not None:
             raise ValueError("an exploration policy maps one observation to one action (a SAC actor)")
         outputs = [o.name for o in self.session.get_outputs()]

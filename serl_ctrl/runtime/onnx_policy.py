@@ -53,6 +53,25 @@ def read_card(onnx_path: str | Path) -> dict | None:
     return card
 
 
+def open_session(data: bytes, threads: int, where: str) -> "tuple[ort.InferenceSession, PolicySpec]":
+    """An onnxruntime CPU session on a policy file's bytes and the ``PolicySpec`` in its metadata.
+
+    One thread between ops (policies are small graphs run next to a control loop); errors name
+    ``where`` (the file, or "received policy") and say what to do."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ValueError(f"cannot load policy {where}: {str(exc).splitlines()[0]}") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{where} has no serl_ctrl metadata: export it with `serl-ctrl export`")
+    return session, PolicySpec.from_json(meta[METADATA_KEY], where=where)
+
+
 class OnnxPolicy(Policy):
     """A policy file run by onnxruntime on the CPU.
 
@@ -79,18 +98,7 @@ class OnnxPolicy(Policy):
                 f"{self.path}: sha256 {self.sha256[:16]}... does not match its model card "
                 f"{card_path(self.path)} ({str(self.card['sha256'])[:16]}...): the file was changed or truncated"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load policy {self.path}: {str(exc).splitlines()[0]}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise ValueError(f"{self.path} has no serl_ctrl metadata: export it with `serl-ctrl export`")
-        spec = PolicySpec.from_json(meta[METADATA_KEY], where=str(self.path))
+        self.session, spec = open_session(data, threads, str(self.path))
         super().__init__(spec, adaptive_tau)
         self._check_inputs()
         self._output = self.session.get_outputs()[0].name
