@@ -353,20 +353,24 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
     return result
 
 
+def sac_policy_spec(env, cfg: RunConfig, extra: Mapping[str, Any]):
+    """The ``PolicySpec`` of a SAC run's deployed actor (training's export and ``serl-ctrl export``
+    share it): the env's spaces and control rate, the run's task, obs mode, env id and backend."""
+    from ..runtime.spec import PolicySpec
+
+    return PolicySpec.from_spaces(
+        env.observation_space, env.action_space, algo="sac", task=cfg.task, obs_mode=cfg.obs if cfg.task else None,
+        control_hz=float(getattr(env.unwrapped, "control_hz", env.metadata.get("render_fps") or 10)),
+        extra={**extra, "env_id": cfg.env_id, "backend": cfg.backend})
+
+
 def export_sac_policy(agent: SACAgent, env, cfg: RunConfig, path: Path, last_eval: dict,
                       command: Optional[str] = None) -> Path:
     """The deterministic actor as ONNX, with a model card holding the last evaluation."""
     from ..export.onnx_export import export_onnx, git_commit, write_card
     from ..runtime.onnx_policy import OnnxPolicy
-    from ..runtime.spec import PolicySpec
 
-    base = env.unwrapped
-    spec = PolicySpec.from_spaces(
-        env.observation_space, env.action_space, algo="sac", task=cfg.task, obs_mode=cfg.obs if cfg.task else None,
-        control_hz=float(getattr(base, "control_hz", env.metadata.get("render_fps") or 10)),
-        extra={"command": command, "commit": git_commit(), "env_steps": last_eval.get("env_steps"),
-               "env_id": cfg.env_id, "backend": cfg.backend},
-    )
+    spec = sac_policy_spec(env, cfg, {"command": command, "commit": git_commit(), "env_steps": last_eval.get("env_steps")})
     obs, _ = env.reset(seed=0)
     recorded = [{k: np.asarray(v)[None] for k, v in (obs.items() if isinstance(obs, dict) else [("obs", obs)])}]
     report = export_onnx(agent.policy_state(), spec, path, recorded_obs=recorded)

@@ -191,7 +191,7 @@ def _sac(ckpt: Path, task: str | None, obs: str | None, extra: dict[str, Any]) -
     from ..agents.checkpoint import CheckpointError, read_actor_state
     from ..agents.config import ConfigError
     from ..agents.sac import SACAgent
-    from ..agents.train_sac import RunConfig, make_train_env
+    from ..agents.train_sac import RunConfig, make_train_env, sac_policy_spec
 
     try:
         weights, meta = read_actor_state(ckpt)
@@ -218,12 +218,7 @@ def _sac(ckpt: Path, task: str | None, obs: str | None, extra: dict[str, Any]) -
         except RuntimeError as exc:  # torch's size / key mismatch
             raise ValueError(f"{ckpt}: its weights do not fit a SAC policy for task={cfg.task or cfg.env_id} "
                              f"obs={cfg.obs} ({str(exc).splitlines()[0]})") from None
-        spec = PolicySpec.from_spaces(
-            env.observation_space, env.action_space, algo="sac", task=cfg.task,
-            obs_mode=cfg.obs if cfg.task else None,
-            control_hz=float(getattr(env.unwrapped, "control_hz", env.metadata.get("render_fps") or 10)),
-            extra={**extra, "env_steps": meta.get("step"), "env_id": cfg.env_id, "backend": cfg.backend,
-                   "demos": cfg.demos})
+        spec = sac_policy_spec(env, cfg, {**extra, "env_steps": meta.get("step"), "demos": cfg.demos})
         first, _ = env.reset(seed=0)
     finally:
         env.close()
