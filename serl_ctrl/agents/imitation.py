@@ -32,7 +32,6 @@ import json
 import math
 import time
 import typing
-import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -44,7 +43,8 @@ from torch import nn
 from serl_ctrl.data.replay import ObsSpec
 from serl_ctrl.nn.encoders import ObservationEncoder, random_shift
 from serl_ctrl.nn.normalizer import NORM_MODES, Normalizer
-from serl_ctrl.utils.atomic import atomic_path, atomic_write_text
+from serl_ctrl.utils.atomic import atomic_write_text
+from serl_ctrl.utils.tensor_pair import load_pair, pair_paths, save_pair
 
 __all__ = [
     "ALGOS",
@@ -522,22 +522,10 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write ``NAME.safetensors`` (every weight and normaliser statistic) then ``NAME.json``.
-
-        Both atomically, tensors first, so the JSON is the commit marker; a random id in both
-        files ties the pair together. Returns the path of the ``.safetensors`` file."""
-        from safetensors.torch import save_file
-
-        st, js = _pair(path)
-        st.parent.mkdir(parents=True, exist_ok=True)
-        pid = uuid.uuid4().hex
+        """Write ``NAME.safetensors`` (every weight and normaliser statistic) then ``NAME.json``
+        (:mod:`serl_ctrl.utils.tensor_pair`: atomic, tied by an id). Returns the ``.safetensors`` path."""
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        with atomic_path(st) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "id": pid, "algo": self.algo})
-        desc = self.describe()
-        desc["id"] = pid
-        atomic_write_text(js, json.dumps(desc, indent=1, sort_keys=True) + "\n")
-        return st
+        return save_pair(*pair_paths(path), tensors, self.describe(), FORMAT, algo=self.algo)
 
     @classmethod
     def load(cls, path: str | Path) -> "ImitationPolicy":
@@ -545,30 +533,12 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
 
         Called on the base class it returns the class named in the file; on a subclass, the file
         must hold that algorithm."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        st, js = _pair(path)
-        for p in (st, js):
-            if not p.is_file():
-                raise FileNotFoundError(f"policy file {p} not found (a policy is NAME.safetensors + NAME.json)")
-        try:
-            desc = json.loads(js.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{js}: not valid JSON ({exc})") from None
-        if desc.get("format") != FORMAT or desc.get("version") != VERSION:
-            raise ValueError(f"{js}: not a serl_ctrl imitation policy of version {VERSION} "
-                             f"(format={desc.get('format')!r}, version={desc.get('version')!r})")
-        with safe_open(str(st), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("id") != desc.get("id"):
-            raise ValueError(f"{st} and {js} do not belong together (ids {meta.get('id')} vs {desc.get('id')}): "
-                             "one of them was overwritten by another save")
+        st, js = pair_paths(path)
+        desc, state = load_pair(st, js, FORMAT, VERSION, "policy")
         klass = policy_class(desc["algo"])
         if cls is not ImitationPolicy and not issubclass(klass, cls):
             raise ValueError(f"{js} holds a {desc['algo']!r} policy, not a {cls.algo!r} one")
         policy = klass.from_description(desc)
-        state = load_file(str(st))
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{st}: tensors do not match the {desc['algo']} policy described in {js} "
@@ -581,13 +551,6 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
         cfg = cls.config_class.from_dict(desc["config"])
         return cls(cfg, {k: tuple(v) for k, v in desc["obs_shapes"].items()}, desc["obs_dtypes"], desc["action_dim"],
                    desc["action_low"], desc["action_high"], metadata=desc.get("metadata"))
-
-
-def _pair(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
 def policy_class(algo: str) -> type[ImitationPolicy]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -38,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.mlp import MLP
-from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.atomic import atomic_write_text
+from ..utils.tensor_pair import load_pair, pair_paths, save_pair
 from .conditioning import INSTRUCTION_DIM, INSTRUCTION_KEY, InstructionTable, episode_instructions
 
 __all__ = ["PlannerConfig", "Planner", "PlannerRunner", "train_planner", "finetune_planner", "planner_windows",
@@ -214,42 +214,15 @@ class Planner(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write ``NAME.safetensors`` then ``NAME.json`` (both atomic); returns the ``.safetensors`` path."""
-        from safetensors.torch import save_file
-
-        st, js = _pair(path)
-        st.parent.mkdir(parents=True, exist_ok=True)
-        pid = uuid.uuid4().hex
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        with atomic_path(st) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "id": pid})
-        desc = self.describe()
-        desc["id"] = pid
-        atomic_write_text(js, json.dumps(desc, indent=1, sort_keys=True) + "\n")
-        return st
+        return save_pair(*pair_paths(path, "planner"), tensors, self.describe(), FORMAT)
 
     @classmethod
     def load(cls, path: str | Path) -> "Planner":
         """Load a planner written by :meth:`save` (``NAME``, ``NAME.json``, ``NAME.safetensors`` or a
         folder holding ``planner.json``)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        st, js = _pair(path)
-        for p in (st, js):
-            if not p.is_file():
-                raise FileNotFoundError(f"planner file {p} not found (a planner is NAME.safetensors + NAME.json)")
-        try:
-            desc = json.loads(js.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{js}: not valid JSON ({exc})") from None
-        if desc.get("format") != FORMAT or desc.get("version") != VERSION:
-            raise ValueError(f"{js}: not a serl_ctrl planner of version {VERSION} "
-                             f"(format={desc.get('format')!r}, version={desc.get('version')!r})")
-        with safe_open(str(st), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("id") != desc.get("id"):
-            raise ValueError(f"{st} and {js} do not belong together (ids {meta.get('id')} vs {desc.get('id')})")
-        state = load_file(str(st))
+        st, js = pair_paths(path, "planner")
+        desc, state = load_pair(st, js, FORMAT, VERSION, "planner")
         cfg = PlannerConfig.from_dict(desc["config"])
         n = len(desc["instructions"])
         planner = cls(cfg, desc["obs_dims"], desc["instructions"], np.zeros((n, INSTRUCTION_DIM), np.float32),
@@ -259,15 +232,6 @@ class Planner(nn.Module):
             raise ValueError(f"{st}: tensors do not match {js} (missing {missing[:5]}, unexpected {unexpected[:5]})")
         planner.eval()
         return planner
-
-
-def _pair(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "planner"
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
 # ============================================================================ training
