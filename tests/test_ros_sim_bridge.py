@@ -74,8 +74,11 @@ class Bridge:
         try:
             wait_for(lambda: self.joints.count > 3 and self.tcp.count > 3 and self.clock.count > 3, 30,
                      f"state from sim_bridge (log: {self.proc.log()[-2000:]})")
-            wait_for(lambda: self.pub_pose.get_subscription_count() > 0
-                     and self.pub_joints.get_subscription_count() > 0, 10, "sim_bridge's command subscriptions")
+            # Every command publisher must be matched: a message sent during discovery is lost, and
+            # on a loaded machine discovery can outlast a whole 0.6 s twist stream (seen in CI).
+            pubs = (self.pub_pose, self.pub_twist, self.pub_gripper, self.pub_joints, self.pub_traj)
+            wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs), 10,
+                     "sim_bridge's command subscriptions")
         except BaseException:
             self.close()
             raise
