@@ -113,9 +113,9 @@ def _rate(step, seconds, warmup):
     return best_wall, best_cpu
 
 
-def bench_agent(cfg: SACConfig, spaces, *, looped=False, seconds=4.0, warmup=3):
+def bench_agent(cfg: SACConfig, spaces, *, looped=False, seconds=4.0, warmup=3, device="cpu"):
     obs_space, act_space = spaces
-    agent = SACAgent(obs_space, act_space, cfg, seed=0)
+    agent = SACAgent(obs_space, act_space, cfg, seed=0, device=device)
     if looped:
         make_looped(agent)
     rng = np.random.default_rng(0)
@@ -126,6 +126,8 @@ def bench_agent(cfg: SACConfig, spaces, *, looped=False, seconds=4.0, warmup=3):
     def step():
         i[0] += 1
         agent.update(batches[i[0] % 4])
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
 
     t0 = time.perf_counter()
     step()  # first call: compile time lands here
@@ -160,13 +162,49 @@ def bench_sb3(n_critics: int, seconds: float, batch=256):
     return wall * 10, cpu * 10
 
 
+def bench_default(threads, seconds: float, device: str) -> None:
+    """Benchmark 4 of issue #3: the learner's updates/s with the DEFAULT config (10 critics,
+    256x256, batch 256, UTD 4: four critic updates then one actor + temperature update per env
+    step, compiled) next to SB3 SAC's gradient steps/s (2 critics, one critic + actor update
+    each). Rows alternate over 3 rounds and the median is kept: a shared VM drifts by +-15%."""
+    print(f"== default SACConfig (UTD {SACConfig().utd}, compile={SACConfig().compile}) on {device}: "
+          f"critic updates/s; SB3: gradient steps/s (median of 3 alternating rounds)", flush=True)
+    results: dict = {}
+    for th in threads:
+        torch.set_num_threads(th)
+        for rnd in range(3):
+            for dtype in ("float32", "bf16-autocast"):
+                rate, _, first = bench_agent(SACConfig().replace(dtype=dtype), _spaces_state(),
+                                             seconds=seconds, device=device)
+                results.setdefault((f"serl_ctrl default, {dtype}", th), []).append(rate)
+            if device == "cpu":
+                res = bench_sb3(2, seconds)
+                if res is not None:
+                    results.setdefault(("SB3 SAC defaults (2 critics)", th), []).append(res[0])
+    print(f"{'row':<40}{'threads':>8}{'median/s':>10}{'rounds':>26}")
+    best: dict = {}
+    for (name, th), rates in results.items():
+        med = float(np.median(rates))
+        best[name] = max(best.get(name, 0.0), med)
+        print(f"{name:<40}{th:>8}{med:>10.1f}{'  ' + ' / '.join(f'{r:.0f}' for r in rates):>26}")
+    sb3 = best.get("SB3 SAC defaults (2 critics)")
+    if sb3:
+        for dtype in ("float32", "bf16-autocast"):
+            ours = best[f"serl_ctrl default, {dtype}"]
+            print(f"ratio ours ({dtype}) / SB3, best thread count each: {ours / sb3:.2f}x "
+                  f"(goal >= 1.0x)", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="timing window per row")
     ap.add_argument("--threads", default="1,2", help="torch thread counts, e.g. 1,2")
-    ap.add_argument("--sections", default="state,compile,sb3,pixels",
-                    help="comma list of: state (batched/looped x fp32/bf16), compile, sb3, "
-                         "pixels")
+    ap.add_argument("--sections", default="default,state,compile,sb3,pixels",
+                    help="comma list of: default (the default SACConfig, UTD 4, in critic "
+                         "updates/s, next to SB3), state (batched/looped x fp32/bf16, UTD 1), "
+                         "compile, sb3, pixels")
+    ap.add_argument("--device", default="cpu", help="torch device of our agent (cuda: only the "
+                    "'default' and 'pixels' sections run; SB3 stays on the CPU)")
     ap.add_argument("--quick", action="store_true", help="= --threads 1 --sections state")
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = ap.parse_args(argv)
@@ -175,6 +213,13 @@ def main(argv=None) -> int:
     sections = set(args.sections.split(","))
     if args.quick:
         threads, sections = [1], {"state"}
+    if args.device != "cpu":
+        sections &= {"default", "pixels"}
+    if "default" in sections:
+        bench_default(threads, args.seconds, args.device)
+        sections.discard("default")
+        if not sections:
+            return 0
     base = SACConfig.from_dict(dict(hidden_dims=(256, 256), n_critics=10, critic_subsample=2,
                                     batch_size=256, utd=1))
     rows = []
@@ -230,7 +275,7 @@ def main(argv=None) -> int:
                 cfg = base.replace(dtype=dtype, batch_size=64,
                                    encoder=base.encoder.__class__(strided_layers=strided))
                 rate, cpu, first = bench_agent(cfg, _spaces_pixels(), seconds=args.seconds,
-                                               warmup=1)
+                                               warmup=1, device=args.device)
                 emit(f"pixels b64 s{strided}", "batched", dtype, False, th, rate, cpu, first)
     if args.json:
         print(json.dumps(rows, indent=1))

@@ -60,7 +60,7 @@ def test_sac_run_exports_the_deterministic_actor_with_a_card(tmp_path, capsys):
     from serl_ctrl.data.demos import record_demonstrations
 
     record_demonstrations("reach", tmp_path / "demos", n=1)
-    small = ["sac.hidden_dims=32,32", "sac.n_critics=2", "sac.utd=1", "sac.batch_size=16",
+    small = ["sac.compile=false", "sac.hidden_dims=32,32", "sac.n_critics=2", "sac.utd=1", "sac.batch_size=16",
              "sac.learning_starts=10", "sac.random_steps=10"]
     cfg = RunConfig.load(None, {"task": "reach", "steps": 20, "eval_every": 20, "eval_episodes": 1,
                                 "checkpoint_every": 20, "demos": str(tmp_path / "demos")}, small)

@@ -265,7 +265,7 @@ def test_train_cli_takes_the_reward_classifier(state_episodes, tmp_path, capsys)
     run = tmp_path / "run"
     code = cli.main(["train", "--task", "pickcube", "--steps", "20", "--eval-every", "20", "--eval-episodes", "1",
                      "--reward-classifier", str(out), "--out", str(run), "--no-export", "--json",
-                     "--set", "sac.hidden_dims=32,32", "--set", "sac.n_critics=2", "--set", "sac.batch_size=16",
+                     "--set", "sac.compile=false", "--set", "sac.hidden_dims=32,32", "--set", "sac.n_critics=2", "--set", "sac.batch_size=16",
                      "--set", "sac.learning_starts=10", "--set", "sac.random_steps=10"])
     result = _last_json(capsys.readouterr().out)
     assert code == 0, result

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 
 SMALL_SAC = """\
 sac:
+  compile: false
   hidden_dims: [32, 32]
   n_critics: 2
   utd: 1

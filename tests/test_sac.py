@@ -59,7 +59,8 @@ class TinyPixelEnv(gym.Env):
 
 
 def small_cfg(**kw):
-    base = dict(hidden_dims=(32, 32), batch_size=8, utd=2, learning_starts=10, random_steps=10,
+    # compile=False: these tests check behaviour; compiling costs seconds per agent
+    base = dict(hidden_dims=(32, 32), batch_size=8, utd=2, learning_starts=10, random_steps=10, compile=False,
                 encoder=dict(channels=8, num_layers=2, feature_dim=16, proprio_dim=8))
     base.update(kw)
     return SACConfig.from_dict(base)
@@ -154,7 +155,7 @@ def _pendulum():
 
 def test_target_min_over_exactly_k_distinct_critics():
     env = _pendulum()
-    cfg = SACConfig.from_dict(dict(hidden_dims=(16,), n_critics=10, critic_subsample=3,
+    cfg = SACConfig.from_dict(dict(hidden_dims=(16,), n_critics=10, critic_subsample=3, compile=False,
                                    backup_entropy=False))
     agent = SACAgent(env.observation_space, env.action_space, cfg, seed=0)
     consts = torch.tensor([5.0, -1.0, 3.0, 7.0, -4.0, 2.0, 0.5, 9.0, -2.5, 1.5])
@@ -316,6 +317,90 @@ def test_bf16_autocast_update_runs():
     assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
 
 
+def test_bf16_keeps_q_head_and_actor_head_float32():
+    """Under bf16 autocast the hidden matmuls run in bf16 but the Q head (a fused multiply-sum)
+    and the actor head run in float32, matching the float32 layer on the same inputs."""
+    from serl_ctrl.nn.mlp import EnsembleLinear
+
+    torch.manual_seed(0)
+    head = EnsembleLinear(10, 64, 1)
+    members = torch.tensor([3, 7])
+    for x in (torch.randn(2, 32, 64).bfloat16(), torch.randn(32, 64).bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = head.forward_float32(x, members)
+            y_lowp = head(x, members)
+        assert y.shape == (2, 32, 1)
+        assert y.dtype == torch.float32 and y_lowp.dtype == torch.bfloat16
+        torch.testing.assert_close(y, head(x.float(), members), atol=1e-5, rtol=1e-5)
+    env = _pendulum()
+    agent = SACAgent(env.observation_space, env.action_space,
+                     small_cfg(dtype="bf16-autocast"), seed=0)
+    with agent._autocast():
+        q = agent.critic(torch.randn(5, 3), torch.zeros(5, 1))
+        mean, log_std = agent.actor(torch.randn(5, 3))
+    assert q.dtype == mean.dtype == log_std.dtype == torch.float32
+
+
+def test_dtype_auto_resolves_per_device():
+    from serl_ctrl.agents.sac import bf16_is_native, resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == ("bf16-autocast" if bf16_is_native(cpu) else "float32")
+    assert resolve_dtype("float32", cpu) == "float32"
+    env = _pendulum()
+    agent = SACAgent(env.observation_space, env.action_space, small_cfg(dtype="auto"))
+    assert agent.compute_dtype == resolve_dtype("auto", cpu)
+
+
+def _loss_inputs(agent, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = {"obs": torch.randn(n, 3, generator=g)}
+    nxt = {"obs": torch.randn(n, 3, generator=g)}
+    return (obs, torch.rand(n, 1, generator=g) * 2 - 1, torch.randn(n, generator=g), nxt,
+            torch.zeros(n), torch.randn(n, 1, generator=g), torch.tensor([1, 4]),
+            torch.tensor(0.1))
+
+
+def test_compiled_losses_match_eager():
+    """The default ``compile=True`` path computes the same losses as eager (to float32
+    rounding) and really runs compiled (no fallback)."""
+    env = _pendulum()
+    eager = SACAgent(env.observation_space, env.action_space, small_cfg(), seed=0)
+    compiled = SACAgent(env.observation_space, env.action_space, small_cfg(compile=True), seed=0)
+    args = _loss_inputs(eager)
+    le = eager._critic_loss_fn(*args)[0]
+    lc = compiled._critic_loss_fn(*args)[0]
+    assert compiled._critic_loss_fn.failed is None
+    torch.testing.assert_close(lc, le, atol=1e-5, rtol=1e-5)
+    feat, eps = torch.randn(16, 3), torch.randn(16, 1)
+    torch.testing.assert_close(compiled._actor_loss_fn(feat, eps, args[-1])[0],
+                               eager._actor_loss_fn(feat, eps, args[-1])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """Without a working torch.compile toolchain the agent warns once and trains eagerly,
+    with exactly the eager numbers."""
+    import serl_ctrl.agents.sac as sac_mod
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(sac_mod.torch, "compile", broken_compile)
+    env = _pendulum()
+    agent = SACAgent(env.observation_space, env.action_space, small_cfg(compile=True), seed=0)
+    eager = SACAgent(env.observation_space, env.action_space, small_cfg(), seed=0)
+    args = _loss_inputs(agent)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ compiler"):
+        loss = agent._critic_loss_fn(*args)[0]
+    assert "InvalidCxxCompiler" in agent._critic_loss_fn.failed
+    torch.testing.assert_close(loss, eager._critic_loss_fn(*args)[0], atol=0, rtol=0)
+    # a genuine error in the loss itself is still raised (by the eager re-run)
+    with pytest.raises(RuntimeError):
+        agent._critic_loss_fn(args[0], torch.zeros(3, 1), *args[2:])
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_policy_state_is_exportable_to_onnx(tmp_path):
     onnx = pytest.importorskip("onnx")  # noqa: F841
@@ -404,7 +489,7 @@ def test_pendulum_learns():
     there; seed 3 is the slow one (-321 at 2500, oscillating, -140 at 3500). The test is
     seeded (seed 0), so it is deterministic on a given machine. Small networks keep it ~25 s."""
     env, eval_env = _pendulum(), _pendulum()
-    cfg = SACConfig.from_dict(dict(hidden_dims=(64, 64), batch_size=128, utd=2,
+    cfg = SACConfig.from_dict(dict(hidden_dims=(64, 64), batch_size=128, utd=2, compile=False,
                                    learning_starts=500, random_steps=500, actor_lr=1e-3,
                                    critic_lr=1e-3, temperature_lr=1e-3, init_temperature=1.0))
     agent = SACAgent(env.observation_space, env.action_space, cfg, seed=0)

@@ -11,7 +11,7 @@ from serl_ctrl.agents.config import ConfigError
 from serl_ctrl.agents.train_sac import RunConfig, train_sac
 from serl_ctrl.data.demos import record_demonstrations
 
-SMALL = ["sac.hidden_dims=64,64", "sac.n_critics=2", "sac.utd=1", "sac.batch_size=64",
+SMALL = ["sac.compile=false", "sac.hidden_dims=64,64", "sac.n_critics=2", "sac.utd=1", "sac.batch_size=64",
          "sac.learning_starts=50", "sac.random_steps=50"]
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -53,7 +54,8 @@ from serl_ctrl.agents.config import SACConfig
 from serl_ctrl.data.replay import MixedSampler, ObsSpec, ReplayBuffer
 from serl_ctrl.nn.encoders import (ObservationEncoder, dict_to_torch, obs_to_torch,
                                    random_shift)
-from serl_ctrl.nn.mlp import MLP, EnsembleMLP
+from serl_ctrl.nn.mlp import MLP, EnsembleMLP, float32_layer
+from serl_ctrl.utils.device import resolve_device
 
 __all__ = ["TanhGaussianActor", "EnsembleCritic", "PolicyModule", "SACAgent", "Transition",
            "Learner", "train_online", "evaluate"]
@@ -78,7 +80,7 @@ class TanhGaussianActor(nn.Module):
         self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
 
     def forward(self, feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.head(self.trunk(feat)).chunk(2, dim=-1)
+        mean, log_std = float32_layer(self.head, self.trunk(feat)).chunk(2, dim=-1)
         # smooth squashing of log_std into [min, max] (keeps gradients at the bounds)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (
             torch.tanh(log_std) + 1.0)
@@ -144,6 +146,51 @@ def _adam(params: List[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """True where bf16 matrix products run natively (and so faster than float32): CPUs with
+    AMX or AVX512-BF16, CUDA GPUs that support bf16. Elsewhere bf16 autocast is emulated."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = (getattr(torch.cpu, "_is_amx_tile_supported", None),
+                  getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+        return any(bool(p()) for p in probes if p is not None)
+    return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``sac.dtype`` with ``auto`` resolved for ``device``: 'bf16-autocast' or 'float32'."""
+    if name == "auto":
+        return "bf16-autocast" if bf16_is_native(device) else "float32"
+    return name
+
+
+class _CompiledOrEager:
+    """``torch.compile(fn)`` that falls back to ``fn`` for good when compiling fails.
+
+    torch.compile needs a working toolchain (a C++ compiler on CPU, Triton on GPU) that a robot
+    computer may lack; a missing one should cost speed, not the run. The wrapped functions are
+    pure (randomness comes in as arguments), so re-running a failed call eagerly is safe, and a
+    genuine error in the function is raised again by the eager call."""
+
+    def __init__(self, fn, name: str) -> None:
+        self._fn, self._name = fn, name
+        self._compiled = torch.compile(fn)
+        self.failed: Optional[str] = None
+
+    def __call__(self, *args):
+        if self.failed is None:
+            try:
+                return self._compiled(*args)
+            except Exception as e:  # noqa: BLE001 - any toolchain failure; eager re-raises bugs
+                self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" \
+                    if str(e).strip() else type(e).__name__
+                warnings.warn(f"torch.compile of the SAC {self._name} failed ({self.failed}); "
+                              f"running it eagerly (set sac.compile=false to skip compiling)",
+                              RuntimeWarning, stacklevel=2)
+        return self._fn(*args)
+
+
 class SACAgent:
     """SAC + RLPD (+ DrQ for uint8 image keys).
 
@@ -151,13 +198,14 @@ class SACAgent:
         observation_space: ``Box`` or ``Dict`` of ``Box`` (uint8 HWC keys are cameras).
         action_space: bounded ``Box``.
         config: ``SACConfig`` or a dict for ``SACConfig.from_dict`` (None = defaults).
-        device: torch device for the networks.
+        device: torch device for the networks (``auto``: a CUDA GPU when there is one).
         seed: seeds network initialisation and the agent's own torch generators (the global
             torch RNG is left untouched).
     """
 
     def __init__(self, observation_space: Any, action_space: Any,
-                 config: "SACConfig | Mapping[str, Any] | None" = None, device: str = "cpu",
+                 config: "SACConfig | Mapping[str, Any] | None" = None,
+                 device: "str | torch.device" = "cpu",
                  seed: int = 0) -> None:
         import gymnasium as gym
 
@@ -172,7 +220,7 @@ class SACAgent:
         self.config = cfg
         self.observation_space = observation_space
         self.action_space = action_space
-        self.device = torch.device(device)
+        self.device = resolve_device(str(device))
         self.seed = int(seed)
         self.spec = ObsSpec.from_space(observation_space)
         self.act_dim = int(low.size)
@@ -183,6 +231,7 @@ class SACAgent:
         self.target_entropy = (float(cfg.target_entropy) if cfg.target_entropy is not None
                                else -self.act_dim / 2.0)
         self.image_keys = self.spec.image_keys
+        self.compute_dtype = resolve_dtype(cfg.dtype, self.device)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -214,8 +263,8 @@ class SACAgent:
         self._critic_loss_fn = self._critic_loss
         self._actor_loss_fn = self._actor_loss
         if cfg.compile:
-            self._critic_loss_fn = torch.compile(self._critic_loss)
-            self._actor_loss_fn = torch.compile(self._actor_loss)
+            self._critic_loss_fn = _CompiledOrEager(self._critic_loss, "critic loss")
+            self._actor_loss_fn = _CompiledOrEager(self._actor_loss, "actor loss")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -223,7 +272,7 @@ class SACAgent:
         return float(self.log_alpha.detach().exp())
 
     def _autocast(self):
-        if self.config.dtype == "bf16-autocast":
+        if self.compute_dtype == "bf16-autocast":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

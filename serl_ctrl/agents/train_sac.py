@@ -34,6 +34,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, SACConfig
 from .sac import Learner, SACAgent, Transition
 from ..data.replay import ReplayBuffer
+from ..utils.device import DEVICE_HELP, check_device_name, resolve_device
 
 RUN_FIELDS_HELP = {
     "task": "serl_ctrl task (reach, pickcube, push, insert); or set env_id",
@@ -49,6 +50,7 @@ RUN_FIELDS_HELP = {
     "checkpoint_every": "env steps between checkpoints",
     "intervention": "'none', or 'expert': a scripted human takes over when the arm strays (HIL-SERL)",
     "threads": "torch CPU threads",
+    "device": DEVICE_HELP,
     "reward_classifier": "a trained reward classifier (serl-ctrl reward-classifier --out) as the training reward: "
                          "1 and the episode ends on predicted success; evaluation keeps the task's own success",
 }
@@ -71,6 +73,7 @@ class RunConfig:
     checkpoint_every: int = 5_000
     intervention: str = "none"
     threads: int = 1
+    device: str = "auto"
     reward_classifier: Optional[str] = None
     sac: SACConfig = field(default_factory=SACConfig)
 
@@ -90,6 +93,10 @@ class RunConfig:
              "must be >= 1")
         need(self.intervention in ("none", "expert"), "intervention", "must be 'none' or 'expert'")
         need(isinstance(self.threads, int) and 1 <= self.threads <= 256, "threads", "must be in [1, 256]")
+        try:
+            check_device_name(self.device, "run.device")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         need(self.reward_classifier is None or (isinstance(self.reward_classifier, str) and self.reward == "sparse"),
              "reward_classifier", "must be a path, with reward='sparse' (the classifier's reward is sparse)")
 
@@ -258,7 +265,8 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     env, eval_env = make_train_env(cfg), make_train_env(cfg, learned_reward=False)  # evaluate true success
-    agent = SACAgent(env.observation_space, env.action_space, cfg.sac, seed=cfg.seed)
+    agent = SACAgent(env.observation_space, env.action_space, cfg.sac, seed=cfg.seed,
+                     device=resolve_device(cfg.device, "run.device"))
     extra = cfg.steps if cfg.intervention != "none" else 0
     demos = demo_buffer(cfg.demos, env, extra, cfg.reward if cfg.task else None) if cfg.demos else None
     learner = Learner(agent, demo_buffer=demos, seed=cfg.seed)

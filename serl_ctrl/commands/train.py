@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on a learned reward: a classifier from serl-ctrl reward-classifier --out "
                              "(1 and episode end on predicted success; evaluation uses the task's success)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1: two OpenMP threads next to a simulator were 9x slower here)")
+    parser.add_argument("--device", help="auto (default: a CUDA GPU when there is one), cpu, cuda or cuda:N")
     parser.add_argument("--stop-at", type=float, metavar="RATE",
                         help="end the run at the first evaluation whose success rate reaches RATE (e.g. 0.9)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     values = {"task": args.task, "env_id": args.env_id, "backend": args.backend, "obs": args.obs, "reward": args.reward,
               "demos": args.demos, "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
               "eval_episodes": args.eval_episodes, "checkpoint_every": args.checkpoint_every,
-              "intervention": args.intervention, "threads": args.threads,
+              "intervention": args.intervention, "threads": args.threads, "device": args.device,
               "reward_classifier": args.reward_classifier}
     cfg = RunConfig.load(args.config, values, args.overrides)
     if args.stop_at is not None and not 0.0 < args.stop_at <= 1.0:

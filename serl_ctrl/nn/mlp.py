@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["activation", "MLP", "EnsembleLinear", "EnsembleLayerNorm", "EnsembleMLP",
+__all__ = ["activation", "float32_layer", "MLP", "EnsembleLinear", "EnsembleLayerNorm", "EnsembleMLP",
            "LoopedEnsembleMLP"]
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -42,6 +42,19 @@ def activation(name: str, inplace: bool = False) -> Callable[[torch.Tensor], tor
     if inplace and name in _INPLACE:
         return _INPLACE[name]
     return _ACTIVATIONS[name]
+
+
+def float32_layer(layer: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+    """``layer(x, *args)`` computed in float32 even inside a bf16 autocast region.
+
+    Mixed precision keeps output layers in float32: a bf16 Q-value has 8 mantissa bits, so a
+    Q of ~80 would move in steps of ~0.5, larger than the TD errors the critic learns from;
+    the actor's mean and log-std feed a tanh-Gaussian log-probability. The hidden layers, where
+    the FLOPs are, stay in bf16. Outside autocast this is just ``layer(x, *args)``."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return layer(x.float(), *args)
+    return layer(x, *args)
 
 
 class MLP(nn.Module):
@@ -97,6 +110,23 @@ class EnsembleLinear(nn.Module):
             x = x.unsqueeze(0).expand(w.shape[0], -1, -1)
         return torch.baddbmm(b, x, w)
 
+    def forward_float32(self, x: torch.Tensor,
+                        members: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The layer in float32 even inside a bf16 autocast region (see ``float32_layer``).
+
+        For ``out_dim == 1`` (a critic's Q head) it is a multiply-sum that torch.compile fuses
+        into one pass over the bf16 input, instead of a float32 copy of ``(E, B, in)`` and then
+        a matmul: ~10% of a compiled bf16 critic update on CPU."""
+        if not torch.is_autocast_enabled(x.device.type):
+            return self(x, members)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.out_dim != 1:
+                return self(x.float(), members)
+            w, b = self.weight, self.bias
+            if members is not None:
+                w, b = w.index_select(0, members), b.index_select(0, members)
+            return (x.float() * w.transpose(1, 2)).sum(-1, keepdim=True) + b
+
     def extra_repr(self) -> str:
         return f"n={self.n}, in_dim={self.in_dim}, out_dim={self.out_dim}"
 
@@ -142,7 +172,7 @@ class EnsembleMLP(nn.Module):
             if self.norms is not None:
                 x = self.norms[i](x, members)
             x = self._act(x)
-        return self.out(x, members)
+        return self.out.forward_float32(x, members)
 
 
 class LoopedEnsembleMLP(nn.Module):

@@ -57,6 +57,7 @@ class LearnerNode(Node):
         from ..agents.train_sac import demo_buffer
         from ..export.versions import SacOnnxVersions
         from ..runtime.spec import PolicySpec
+        from ..utils.device import resolve_device
 
         log = self.get_logger()
         if p["threads"]:
@@ -72,7 +73,11 @@ class LearnerNode(Node):
             demos = demo_buffer(p["demos"], spaces, reward=p["reward"]) if p["demos"] else None
         except (ValueError, FileNotFoundError) as exc:
             raise ParameterError(str(exc)) from None
-        self.agent = SACAgent(obs_space, act_space, config, seed=p["seed"])
+        try:
+            device = resolve_device(p["device"], "parameter 'device'")
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
+        self.agent = SACAgent(obs_space, act_space, config, seed=p["seed"], device=device)
         self.learner = Learner(self.agent, demo_buffer=demos, seed=p["seed"])
         self.resumed_from = ""
         resumed_sessions: dict[int, str] = {}

@@ -178,6 +178,8 @@ LEARNER_NODE: tuple[Param, ...] = (
           "warning, when there is none)."),
     Param("threads", 0, "Torch threads for the updates (0: torch's default; 1 is fair on a machine shared with "
           "the simulator and the actor).", 0, 256),
+    Param("device", "auto", "Torch device of the updates: auto (a CUDA GPU when there is one), cpu, cuda or "
+          "cuda:N. Policy versions are always exported from a CPU copy."),
     Param("diagnostics_hz", 1.0, "Rate of /diagnostics (env steps, updates, sequence gaps).", 0.1, 10.0),
 )
 
