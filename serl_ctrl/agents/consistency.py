@@ -267,8 +267,8 @@ class ConsistencyPolicy(ImitationPolicy):
         probs = torch.as_tensor(np.maximum(cdf[1:] - cdf[:-1], 1e-12))
         i = torch.multinomial(probs, b, replacement=True, generator=gen)
         sig_t = torch.as_tensor(sig, dtype=torch.float32)
-        s_lo, s_hi = sig_t[i], sig_t[i + 1]
-        z = torch.randn(x0.shape, generator=gen)
+        s_lo, s_hi = sig_t[i].to(x0.device), sig_t[i + 1].to(x0.device)
+        z = torch.randn(x0.shape, generator=gen).to(x0.device)
         pred = self.consistency_fn(x0 + s_hi.view(b, 1, 1) * z, s_hi, cond)
         with torch.no_grad():
             tcond = cond.detach()
@@ -293,14 +293,15 @@ class ConsistencyPolicy(ImitationPolicy):
         i = torch.randint(0, len(ts) - 1, (b,), generator=gen)
         sig_t = torch.as_tensor(sig, dtype=torch.float32)
         ab = torch.as_tensor(teacher.alphas_cumprod[ts], dtype=torch.float32)
-        t_hi = torch.as_tensor(ts, dtype=torch.long)[i + 1]
-        s_lo, s_hi = sig_t[i].view(b, 1, 1), sig_t[i + 1].view(b, 1, 1)
-        z = torch.randn(x0.shape, generator=gen)
+        dev = x0.device
+        t_hi = torch.as_tensor(ts, dtype=torch.long)[i + 1].to(dev)
+        s_lo, s_hi = sig_t[i].view(b, 1, 1).to(dev), sig_t[i + 1].view(b, 1, 1).to(dev)
+        z = torch.randn(x0.shape, generator=gen).to(dev)
         x_hi = x0 + s_hi * z
         cond = self.encode_obs(batch["obs"])
         with torch.no_grad():
             tcond = teacher.encode_obs(batch["obs"])
-            a_hi = ab[i + 1].view(b, 1, 1)
+            a_hi = ab[i + 1].view(b, 1, 1).to(dev)
             x_vp = x_hi * a_hi.sqrt()  # the teacher's variance-preserving variable
             out = teacher.denoiser(x_vp, t_hi, tcond)
             if teacher.config.prediction_type == "epsilon":
@@ -443,7 +444,7 @@ class ConsistencyAC:
         self.seed = seed
 
     def _sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        z = torch.randn(self.actor.noise_shape(cond.shape[0]), generator=gen)
+        z = torch.randn(self.actor.noise_shape(cond.shape[0]), generator=gen).to(cond.device)
         return multistep_sample(self.actor, cond, z, self.actor.sample_sigmas)[:, : self.k].reshape(cond.shape[0], -1)
 
     def update(self, batch: Mapping[str, Any], gen: torch.Generator, step: int = 0, total_steps: int = 1) -> dict:

@@ -194,8 +194,9 @@ class DiffusionPolicy(ImitationPolicy):
         x0 = batch["action"]
         b = x0.shape[0]
         cond = self.encode_obs(batch["obs"])
-        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        # drawn on the CPU generator (same numbers on any device), then moved
+        t = torch.randint(0, self.config.num_train_timesteps, (b,), generator=gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         ab = self._abar[t].reshape(b, 1, 1)
         xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * noise
         pred = self.denoiser(xt, t, cond)
@@ -241,7 +242,7 @@ class DiffusionPolicy(ImitationPolicy):
         steps = ddim_timesteps(c.num_train_timesteps, num_inference_steps or c.num_inference_steps, c.timestep_spacing)
 
         def eps_fn(x, t):
-            return self.guided_eps(x, torch.full((b,), t, dtype=torch.long), cond, cond_prev, w)
+            return self.guided_eps(x, torch.full((b,), t, dtype=torch.long, device=x.device), cond, cond_prev, w)
 
         return ddim_sample(eps_fn, x, self.alphas_cumprod, steps, c.clip_sample, c.prediction_type)
 

@@ -44,6 +44,7 @@ from serl_ctrl.data.replay import ObsSpec
 from serl_ctrl.nn.encoders import ObservationEncoder, random_shift
 from serl_ctrl.nn.normalizer import NORM_MODES, Normalizer
 from serl_ctrl.utils.atomic import atomic_write_text
+from serl_ctrl.utils.device import resolve_device
 from serl_ctrl.utils.tensor_pair import load_pair, pair_paths, save_pair
 
 __all__ = [
@@ -372,6 +373,18 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
         """Shape of the ``noise`` argument of :meth:`predict_action` (for ``batch`` samples)."""
         return (batch, self.horizon, self.action_dim)
 
+    def _apply(self, fn, recurse=True):
+        # .to()/.cpu()/.float() also move the modules kept out of the state dict (teacher, target)
+        for m in getattr(self, "_aux", {}).values():
+            if isinstance(m, nn.Module):
+                m._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy's tensors live (the CPU except while ``train_policy`` runs on a GPU)."""
+        return self._action_low.device
+
     def seed(self, seed: int) -> None:
         """Reseed the generator that draws inference noise."""
         self._gen.manual_seed(int(seed))
@@ -432,14 +445,16 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
                 x = obs[k].permute(0, 2, 3, 1, 4).reshape(b, h, w, n * c)
                 x = random_shift(x, pad, gen)
                 obs[k] = x.reshape(b, h, w, n, c).permute(0, 3, 1, 2, 4).contiguous()
-        for k in self.spec.state_keys:
-            obs[k] = obs[k].to(torch.float32)
-        action = self.normalizer["action"].normalize(torch.from_numpy(np.asarray(batch["action"], np.float32)))
-        out = {"obs": obs, "action": action, "action_mask": torch.from_numpy(np.asarray(batch["action_mask"]))}
+        dev = self.device
+        for k in self.obs_keys:  # images travel as uint8 (4x less to copy to a GPU)
+            obs[k] = obs[k].to(dev, torch.float32 if k in self.spec.state_keys else None, non_blocking=True)
+        action = self.normalizer["action"].normalize(torch.from_numpy(np.asarray(batch["action"], np.float32)).to(dev))
+        out = {"obs": obs, "action": action,
+               "action_mask": torch.from_numpy(np.asarray(batch["action_mask"])).to(dev)}
         if "next_obs" in batch:
-            out["next_obs"] = self.obs_to_torch(batch["next_obs"])
-            out["reward"] = torch.from_numpy(np.asarray(batch["reward"], np.float32))
-            out["discount"] = torch.from_numpy(np.asarray(batch["discount"], np.float32))
+            out["next_obs"] = {k: v.to(dev) for k, v in self.obs_to_torch(batch["next_obs"]).items()}
+            out["reward"] = torch.from_numpy(np.asarray(batch["reward"], np.float32)).to(dev)
+            out["discount"] = torch.from_numpy(np.asarray(batch["discount"], np.float32)).to(dev)
         return out
 
     # ------------------------------------------------------------------ inference
@@ -693,13 +708,25 @@ class EMA:
 
 def train_policy(policy: ImitationPolicy, dataset: ChunkDataset, steps: int | None = None, *, seed: int = 0,
                  progress: Callable | None = None, log_every: int = 100,
-                 callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+                 callback: Callable[[int, dict], None] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Train ``policy`` on ``dataset`` for ``steps`` gradient steps; on return it holds the EMA weights.
 
     AdamW (betas 0.95, 0.999), linear warm-up then cosine decay, gradient clipping, EMA.
     Minibatches, noise and augmentation come from generators seeded by ``seed`` (the global RNGs
-    are untouched), so a run is reproducible on the same machine and thread count. ``progress``
-    is a factory like ``serl_ctrl.utils.progress.progress``. Returns metrics (losses, timing)."""
+    are untouched, and they live on the CPU whatever the device, so a GPU run draws the same
+    minibatches), so a run is reproducible on the same machine and thread count. ``device``
+    (``auto``, ``cpu``, ``cuda``): where the updates run; the policy is back on the CPU on return.
+    ``progress`` is a factory like ``serl_ctrl.utils.progress.progress``. Returns metrics."""
+    dev = resolve_device(device)
+    policy.to(dev)
+    try:
+        return _train_policy(policy, dataset, steps, seed=seed, progress=progress, log_every=log_every,
+                             callback=callback)
+    finally:
+        policy.cpu()
+
+
+def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback) -> dict[str, Any]:
     cfg = policy.config
     steps = cfg.train_steps if steps is None else int(steps)
     gen = torch.Generator().manual_seed(seed)
@@ -765,7 +792,8 @@ def train_policy(policy: ImitationPolicy, dataset: ChunkDataset, steps: int | No
 
 def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
                     overrides: Mapping[str, Any] | None = None, steps: int | None = None, seed: int = 0,
-                    progress: Callable | None = None, language: bool = False) -> dict[str, Any]:
+                    progress: Callable | None = None, language: bool = False,
+                    device: str = "cpu") -> dict[str, Any]:
     """Train an imitation policy on the episodes in ``demos_dir``; write it to ``out_dir``.
 
     Args:
@@ -775,6 +803,8 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
             selects consistency distillation (``mode="cd"``); otherwise consistency training.
         steps: gradient steps (default: the config's ``train_steps``).
         seed: seeds initialisation, minibatches, noise and augmentation.
+        device: where the updates run (``auto``, ``cpu``, ``cuda``, ``cuda:N``); the saved policy
+            is CPU float32 either way.
         language: condition the policy on the per-step instruction labels: the observation
             ``instruction_embedding`` (the MiniLM embedding of ``episode.instructions[t]``,
             :mod:`serl_ctrl.language.conditioning`) is added to every step, and the policy's
@@ -807,7 +837,7 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
     dataset = ChunkDataset(episodes, cfg.obs_keys or None, cfg.n_obs_steps, cfg.horizon)
     extra = {"teacher": teacher} if teacher is not None else {}
     policy = klass.from_dataset(dataset, cfg, seed=seed, metadata=metadata, **extra)
-    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress)
+    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress, device=device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = policy.save(out / "model")  # not "policy": policy.onnx + its card policy.json go beside it

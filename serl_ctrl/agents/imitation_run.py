@@ -32,14 +32,14 @@ def deploy_spec(policy: ImitationPolicy, task: str | None, extra: Mapping[str, A
 def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = None, backend: str = "mujoco",
                   steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
                   eval_episodes: int = 20, progress: Callable | None = None, command: str | None = None,
-                  export: bool = True, language: bool = False) -> dict:
+                  export: bool = True, language: bool = False, device: str = "auto") -> dict:
     """Train, evaluate, export. With ``language``, the policy is conditioned on the instruction labels
     (``instruction_embedding``) and evaluated with the task's scripted expert naming the instructions
     (:func:`serl_ctrl.language.hierarchy.expert_instruction_success`); the instructions it learned go
     into the spec's ``extra`` (``serl-ctrl run --planner`` reads them)."""
     out = Path(out)
     trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress,
-                              language=language)
+                              language=language, device=device)
     policy = load_policy(trained["checkpoint"])
     task = task or policy.metadata.get("task")
     result: dict[str, Any] = {"algo": algo, "checkpoint": trained["checkpoint"], "run": str(out),

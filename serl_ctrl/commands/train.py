@@ -85,4 +85,4 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
     return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
                          steps=args.steps, seed=args.seed, overrides=overrides,
                          eval_episodes=args.eval_episodes or 20, progress=progress, command=command,
-                         export=not args.no_export, language=args.language)
+                         export=not args.no_export, language=args.language, device=args.device or "auto")
