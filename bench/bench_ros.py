@@ -30,7 +30,8 @@ parameter, as a robot PC runs its control loop). On a shared, oversubscribed mac
 (normal scheduling) measures mostly the other processes' load: there the tail latency is set by
 when the scheduler lets the node run, not by the node.
 
-    python bench/bench_ros.py [--seconds 300] [--rate-hz 50] [--camera-hz 15] [--rt-priority 20] [--json]
+    python bench/bench_ros.py [--seconds 300] [--rate-hz 50] [--camera-hz 15] [--rt-priority 20]
+                               [--trigger timer|inputs] [--json]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def make_mlp_policy(rate_hz: float):
     return MlpPolicy()
 
 
-def run_policy_process(rate_hz: float, rt_priority: int = 0) -> None:
+def run_policy_process(rate_hz: float, rt_priority: int = 0, trigger: str = "timer") -> None:
     from rclpy.parameter import Parameter
 
     from serl_ctrl.ros.common import run_node
@@ -91,7 +92,7 @@ def run_policy_process(rate_hz: float, rt_priority: int = 0) -> None:
         return PolicyNode(loader=lambda name: make_mlp_policy(rate_hz), parameter_overrides=[
             Parameter("use_sim_time", value=True), Parameter("policy", value="bench-mlp"),
             Parameter("rate_hz", value=float(rate_hz)), Parameter("autostart", value=True),
-            Parameter("realtime_priority", value=int(rt_priority))])
+            Parameter("realtime_priority", value=int(rt_priority)), Parameter("trigger", value=trigger)])
 
     sys.exit(run_node("policy_node", make))
 
@@ -122,11 +123,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--rt-priority", type=int, default=0,
                         help="realtime_priority (SCHED_FIFO) of sim_bridge and policy_node; 0 = normal scheduling")
+    parser.add_argument("--trigger", default="timer", choices=("timer", "inputs"),
+                        help="policy_node's trigger: a timer on the ROS clock, or the arrival of a complete update")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--role", default="bench", choices=("bench", "policy"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "policy":
-        return run_policy_process(args.rate_hz, args.rt_priority)
+        return run_policy_process(args.rate_hz, args.rt_priority, args.trigger)
 
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -147,7 +150,7 @@ def main() -> None:
                   "-p", f"camera_hz:={args.camera_hz}", "-p", "image_size:=128",
                   "-p", f"realtime_priority:={args.rt_priority}"]
     policy_cmd = [sys.executable, __file__, "--role", "policy", "--rate-hz", str(args.rate_hz),
-                  "--rt-priority", str(args.rt_priority)]
+                  "--rt-priority", str(args.rt_priority), "--trigger", args.trigger]
     procs = {
         "sim_bridge": subprocess.Popen(bridge_cmd, env=env, cwd=ROOT, stdout=open(logs / "sim_bridge.log", "w"),
                                        stderr=subprocess.STDOUT),
@@ -246,6 +249,7 @@ def main() -> None:
         pn0, pn1 = start_diag["policy_node"], end_diag["policy_node"]
         result = {
             "seconds": round(wall, 1), "rate_hz": args.rate_hz, "rt_priority": args.rt_priority,
+            "trigger": args.trigger,
             "camera_hz": args.camera_hz, "backend": args.backend, "load_average": os.getloadavg()[0],
             "obs_to_cmd_monitor_ms": lat, "tcp_pose_to_clock_ms": gap, "clock_to_cmd_ms": part,
             "obs_to_cmd_node_p50_ms": float(pn1["obs_to_command_p50_ms"]),
@@ -298,7 +302,8 @@ def main() -> None:
     ]
     load = os.getloadavg()
     print(f"\npolicy_node at {args.rate_hz:g} Hz vs sim_bridge ({args.backend}, {args.bridge_hz:g} Hz ticks, "
-          f"front+wrist at {args.camera_hz:g} Hz), {result['seconds']} s, realtime_priority {args.rt_priority}, "
+          f"front+wrist at {args.camera_hz:g} Hz), {result['seconds']} s, trigger {args.trigger}, "
+          f"realtime_priority {args.rt_priority}, "
           f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f}")
     print(f"| {'metric':<50} | {'value':<34} | {'goal':<28} | ok |")
     print(f"|{'-' * 52}|{'-' * 36}|{'-' * 30}|----|")

@@ -214,6 +214,43 @@ class FakeArm:
         self._thread.join(timeout=2)
 
 
+def test_input_triggered_ticks_follow_the_arm_updates(ros_domain):
+    """trigger:=inputs: no timer; one command per 1/rate_hz of the arm's stamps, each answering a
+    complete update (tcp_pose and the cube pose of the same simulator step); when the arm goes
+    silent the commands stop."""
+    from geometry_msgs.msg import PoseStamped
+
+    from serl_ctrl.ros.policy_node import PolicyNode
+
+    bridge = NodeProcess("sim_bridge", ros_domain, {"task": "pickcube", "rate_hz": 100.0})
+    h = RosHarness(ros_domain)
+    try:
+        tcp = h.subscribe(PoseStamped, "tcp_pose")
+        targets = h.subscribe(PoseStamped, "cartesian_controller/target_pose")
+        node = PolicyNode(loader=loader, context=h.context, parameter_overrides=_params(
+            use_sim_time=True, policy="plus_x", rate_hz=20.0, trigger="inputs", autostart=True))
+        h.add_node(node)
+        wait_for(lambda: targets.count > 40, 40, f"commands ({bridge.log()[-1500:]})")
+        assert node._timer is None and node.errors == 0
+        stamps = [round(_sec(m.header.stamp), 6) for m in list(targets.msgs)[5:40]]
+        gaps = np.diff(stamps)
+        # 100 Hz arm, 20 Hz policy: every 5th step; a step the node did not see completely in time
+        # makes a longer gap, never a shorter one
+        assert np.all(gaps >= 0.05 - 1e-6), gaps
+        assert np.median(gaps) == pytest.approx(0.05, abs=1e-6), gaps
+        assert all(abs(t * 100 - round(t * 100)) < 1e-3 for t in stamps)  # stamps of simulator steps
+        x0 = tcp.last.pose.position.x
+        wait_for(lambda: tcp.last.pose.position.x > x0 + 0.03, 15, "the policy to move the TCP in +x")
+        bridge.stop()
+        time.sleep(0.3)
+        n = targets.count
+        time.sleep(1.0)
+        assert targets.count == n  # no inputs, no ticks: nothing is sent
+    finally:
+        bridge.stop()
+        h.close()
+
+
 def test_watchdog_sends_nothing_on_stale_observations(ros_domain):
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float64MultiArray

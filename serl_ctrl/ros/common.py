@@ -128,10 +128,12 @@ def guarded(node, fn: Callable, *args) -> None:
         node.get_logger().error(f"ignored a message: {exc}", throttle_duration_sec=5.0)
 
 
-def subscribe_observations(node, builder, on_tcp: Callable, guard: Callable) -> list:
+def subscribe_observations(node, builder, on_tcp: Callable, guard: Callable,
+                           after_state: Callable[[], None] | None = None) -> list:
     """Subscribe ``node`` to the topics ``builder`` (a convert.ObservationBuilder) needs, plus
     ``tcp_pose`` always (the action mapping needs the TCP): ``on_tcp(pos, quat, stamp, recv)``.
-    ``guard(fn, *args)`` runs conversions that may raise ValueError on a malformed message."""
+    ``guard(fn, *args)`` runs conversions that may raise ValueError on a malformed message.
+    ``after_state()`` runs after every non-camera message (input-triggered control ticks)."""
     from geometry_msgs.msg import PoseStamped, TwistStamped
     from sensor_msgs.msg import Image, JointState
 
@@ -140,6 +142,16 @@ def subscribe_observations(node, builder, on_tcp: Callable, guard: Callable) -> 
     now = time.monotonic
     b = builder
 
+    def then(update: Callable) -> Callable:
+        if after_state is None:
+            return update
+
+        def run(*args) -> None:
+            update(*args)
+            after_state()
+        return run
+
+    @then
     def tcp(msg) -> None:
         recv = now()
         pos, quat = convert.pose_to_arrays(msg.pose)
@@ -148,14 +160,14 @@ def subscribe_observations(node, builder, on_tcp: Callable, guard: Callable) -> 
 
     subs = [node.create_subscription(PoseStamped, "tcp_pose", tcp, STATE_QOS)]
     if b.needs("tcp_twist"):
-        subs.append(node.create_subscription(TwistStamped, "tcp_twist", lambda m: b.update_tcp_twist(m, now()),
-                                             STATE_QOS))
+        subs.append(node.create_subscription(TwistStamped, "tcp_twist",
+                                             then(lambda m: b.update_tcp_twist(m, now())), STATE_QOS))
     if b.needs("joint_states"):
         subs.append(node.create_subscription(JointState, "joint_states",
-                                             lambda m: guard(b.update_joint_states, m, now()), STATE_QOS))
+                                             then(lambda m: guard(b.update_joint_states, m, now())), STATE_QOS))
     for name in b.objects:
         subs.append(node.create_subscription(PoseStamped, f"objects/{name}/pose",
-                                             lambda m, n=name: b.update_object(n, m, now()), STATE_QOS))
+                                             then(lambda m, n=name: b.update_object(n, m, now())), STATE_QOS))
     for cam in b.cameras:
         subs.append(node.create_subscription(Image, f"{cam}/image_raw",
                                              lambda m, c=cam: guard(b.update_image, c, m, now()), SENSOR_QOS))

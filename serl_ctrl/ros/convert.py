@@ -341,6 +341,16 @@ class ObservationBuilder:
         newest = max(stamps)
         return newest, min(self._recv[s] for s, t in self._stamp.items() if t == newest)
 
+    def synced_stamp(self) -> float | None:
+        """The stamp every non-camera source has reached, when they all carry the same one (one
+        simulator step or one ros2_control update seen completely), else None. Cameras run slower
+        and are left out: a pixel policy uses the newest frame, whose age the watchdog bounds."""
+        values = [t for s, t in self._stamp.items() if s.kind != "camera"]
+        if not values or any(t is None for t in values):
+            return None
+        first = values[0]
+        return first if all(t == first for t in values) else None
+
     def oldest_stamp(self) -> float | None:
         values = list(self._stamp.values())
         return None if any(v is None for v in values) else min(values)
