@@ -417,8 +417,9 @@ class ConsistencyAC:
     ensemble, normalised by its detached mean magnitude as in TD3+BC.
 
     ``train(dataset, steps)`` runs offline on a :class:`ChunkDataset` (rewards and terminations
-    come from the episodes). The actor is an ordinary :class:`ConsistencyPolicy` afterwards (save,
-    export, run it as any other).
+    come from the episodes); ``update(batch, ...)`` is one step on any batch with TD fields (the
+    online phase, :mod:`serl_ctrl.agents.consistency_ac_run`, feeds it demo/online mixes). The
+    actor is an ordinary :class:`ConsistencyPolicy` afterwards (save, export, run it as any other).
     """
 
     def __init__(self, actor: ConsistencyPolicy, *, n_critics: int = 2, critic_hidden: Sequence[int] = (256, 256),
@@ -442,6 +443,18 @@ class ConsistencyAC:
                                            weight_decay=c.weight_decay)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=critic_lr)
         self.seed = seed
+        self.updates = 0  # gradient steps so far (offline and online)
+
+    def to(self, device: torch.device | str) -> "ConsistencyAC":
+        """Move the actor and both critics (before the first update, or between phases)."""
+        for m in (self.actor, self.critic, self.target_critic):
+            m.to(device)
+        for opt in (self.actor_opt, self.critic_opt):  # Adam moments follow their parameters
+            for st in opt.state.values():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and v.dim() > 0:
+                        st[k] = v.to(device)
+        return self
 
     def _sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         z = torch.randn(self.actor.noise_shape(cond.shape[0]), generator=gen).to(cond.device)
@@ -478,21 +491,26 @@ class ConsistencyAC:
         with torch.no_grad():
             for pt, p in zip(self.target_critic.parameters(), self.critic.parameters()):
                 pt.lerp_(p, self.tau)
+        self.updates += 1
         return {"critic_loss": float(critic_loss.detach()), "bc_loss": float(bc_loss.detach()),
                 "q": float(q_pi.detach().mean())}
 
-    def train(self, dataset, steps: int, progress=None) -> dict:
-        """Offline training on ``dataset`` (its TD fields are prepared here)."""
+    def train(self, dataset, steps: int, progress=None, total_steps: int | None = None) -> dict:
+        """Offline training on ``dataset`` (its TD fields are prepared here).
+
+        ``total_steps``: the length of the whole run the consistency curriculum spreads over (default
+        ``steps``; an offline-to-online run passes its offline plus online updates)."""
         dataset.prepare_td(self.k, self.gamma)
         gen = torch.Generator().manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
+        total = steps if total_steps is None else max(int(total_steps), steps)
         bar = progress(total=steps, desc="train consistency-ac") if progress else None
         self.actor.train()
         info: dict = {}
         try:
             for step in range(steps):
                 batch = self.actor.batch_to_torch(dataset.sample(self.actor.config.batch_size, rng), gen, augment=True)
-                info = self.update(batch, gen, step, steps)
+                info = self.update(batch, gen, step, total)
                 if bar is not None:
                     bar.update(1)
         finally:

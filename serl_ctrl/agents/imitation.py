@@ -58,6 +58,8 @@ __all__ = [
     "EMA",
     "train_policy",
     "train_imitation",
+    "build_imitation",
+    "save_trained",
     "rollout_success",
     "load_policy",
     "policy_class",
@@ -218,7 +220,7 @@ class ChunkDataset:
         self._td: dict[str, np.ndarray] | None = None
         self.n_episodes = len(episodes)
         md = episodes[0].metadata or {}
-        self.metadata = {k: md.get(k) for k in ("task", "backend", "obs_mode", "control_hz")}
+        self.metadata = {k: md.get(k) for k in ("task", "backend", "obs_mode", "control_hz", "reward")}
         self.action_low = np.asarray(md.get("action_low", -np.ones(self.action_dim)), np.float32)
         self.action_high = np.asarray(md.get("action_high", np.ones(self.action_dim)), np.float32)
 
@@ -468,13 +470,17 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
         """Normalised action chunks ``(B, horizon, A)`` for normalised observations."""
 
     def make_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(self.noise_shape(batch), generator=generator or self._gen)
+        """Standard normal noise drawn on a CPU generator (the same numbers on any device), on
+        the policy's device."""
+        return torch.randn(self.noise_shape(batch), generator=generator or self._gen).to(self.device)
 
     @torch.inference_mode()
     def predict_chunk(self, obs: Mapping[str, Any], noise: Any = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Batched :meth:`predict_action`: ``obs[key]`` ``(B, L, *shape)`` -> ``(B, horizon, A)`` tensor."""
-        t = self.obs_to_torch(obs)
+        """Batched :meth:`predict_action`: ``obs[key]`` ``(B, L, *shape)`` -> ``(B, horizon, A)`` tensor
+        (on the CPU; the policy may sit on a GPU, as while Consistency-AC fine-tunes it online)."""
+        dev = self.device
+        t = {k: v.to(dev) for k, v in self.obs_to_torch(obs).items()}
         if noise is not None:
             noise = torch.as_tensor(np.asarray(noise, dtype=np.float32)) if not isinstance(noise, torch.Tensor) \
                 else noise.to(torch.float32)
@@ -483,7 +489,8 @@ class ImitationPolicy(nn.Module, metaclass=ABCMeta):
                 noise = noise.unsqueeze(0)
             if tuple(noise.shape) != self.noise_shape(b):
                 raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {self.noise_shape(b)}")
-        return self.unnormalize_action(self.sample_normalized(t, noise, generator))
+            noise = noise.to(dev)
+        return self.unnormalize_action(self.sample_normalized(t, noise, generator)).cpu()
 
     def predict_action(self, obs_history: Mapping[str, np.ndarray], noise: Any = None,
                        generator: torch.Generator | None = None) -> np.ndarray:
@@ -813,6 +820,16 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
     Returns ``{"metrics": {...}, "checkpoint": "<out_dir>/model.safetensors"}``; the folder also
     holds ``model.json`` (config, shapes, normaliser-free description) and ``metrics.json``.
     """
+    policy, dataset = build_imitation(algo, demos_dir, overrides, seed=seed, language=language)
+    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress, device=device)
+    return save_trained(policy, out_dir, algo, metrics)
+
+
+def build_imitation(algo: str, demos_dir: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                    seed: int = 0, language: bool = False) -> tuple[ImitationPolicy, ChunkDataset]:
+    """An untrained policy of ``algo`` shaped and normalised for the episodes in ``demos_dir``, and
+    its training windows: everything :func:`train_imitation` does before the first gradient step
+    (Consistency-AC starts from the same pair). Arguments as in :func:`train_imitation`."""
     from serl_ctrl.data.episodes import load_episodes
 
     klass = policy_class(algo)
@@ -837,7 +854,12 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
     dataset = ChunkDataset(episodes, cfg.obs_keys or None, cfg.n_obs_steps, cfg.horizon)
     extra = {"teacher": teacher} if teacher is not None else {}
     policy = klass.from_dataset(dataset, cfg, seed=seed, metadata=metadata, **extra)
-    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress, device=device)
+    return policy, dataset
+
+
+def save_trained(policy: ImitationPolicy, out_dir: str | Path, algo: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``out_dir/model.{safetensors,json}`` and ``metrics.json``; returns what
+    :func:`train_imitation` returns (``metrics`` without the loss history, ``checkpoint``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = policy.save(out / "model")  # not "policy": policy.onnx + its card policy.json go beside it

@@ -37,9 +37,22 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
     (``instruction_embedding``) and evaluated with the task's scripted expert naming the instructions
     (:func:`serl_ctrl.language.hierarchy.expert_instruction_success`); the instructions it learned go
     into the spec's ``extra`` (``serl-ctrl run --planner`` reads them)."""
-    out = Path(out)
     trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress,
                               language=language, device=device)
+    return finish_run(algo, trained, out, demos, task=task, backend=backend, eval_episodes=eval_episodes,
+                      progress=progress, command=command, export=export, language=language)
+
+
+def finish_run(algo: str, trained: Mapping[str, Any], out: str | Path, demos: str | Path, *, task: str | None = None,
+               backend: str = "mujoco", eval_episodes: int = 20, progress: Callable | None = None,
+               command: str | None = None, export: bool = True, language: bool = False,
+               extra: Mapping[str, Any] | None = None) -> dict:
+    """Evaluate and export a trained policy: the second half of every imitation run, shared by
+    ``run_imitation`` and Consistency-AC (whose actor is an ordinary consistency policy).
+
+    ``trained`` is what ``train_imitation`` returns (``checkpoint``, ``metrics``); ``algo`` names
+    the run in the result and the model card; ``extra`` joins the exported spec's ``extra``."""
+    out = Path(out)
     policy = load_policy(trained["checkpoint"])
     task = task or policy.metadata.get("task")
     result: dict[str, Any] = {"algo": algo, "checkpoint": trained["checkpoint"], "run": str(out),
@@ -57,10 +70,10 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
             ev = rollout_success(policy, task, backend, eval_episodes, seed=EVAL_SEED, progress=progress)
             result.update(success_rate=ev["success_rate"], eval_episodes=eval_episodes, task=task)
         return result
-    extra = {"command": command, "commit": git_commit(), "demos": str(demos)}
+    spec_extra = {"command": command, "commit": git_commit(), "demos": str(demos), **dict(extra or {})}
     if language:
-        extra["instructions"] = list(policy.metadata.get("instructions", []))
-    spec = deploy_spec(policy, task, extra)
+        spec_extra["instructions"] = list(policy.metadata.get("instructions", []))
+    spec = deploy_spec(policy, task, spec_extra)
     obs_mode = spec.obs_mode
     path = out / "policy.onnx"
     report = export_onnx(policy.export_modules()["deploy"], spec, path)

@@ -1,4 +1,5 @@
-"""``serl-ctrl train``: train a policy (SAC with RLPD choices; imitation algorithms as they land)."""
+"""``serl-ctrl train``: train a policy (SAC with RLPD choices; imitation algorithms; Consistency-AC
+from demonstrations, offline then optionally online)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import shlex
 import sys
 
-ALGOS = ("sac", "diffusion", "consistency", "bc")
+ALGOS = ("sac", "diffusion", "consistency", "consistency-ac", "bc")
 IMITATION = ("diffusion", "consistency", "bc")
+FROM_DEMOS = (*IMITATION, "consistency-ac")  # algorithms that start from --demos (the _run_imitation path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,13 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs", help="state, pixels or both (default: state)")
     parser.add_argument("--reward", help="sparse or dense (default: sparse; demos must be recorded alike)")
     parser.add_argument("--demos", help="folder of demonstration episodes (serl-ctrl demos --out)")
-    parser.add_argument("--steps", type=int, help="env steps (default: 20000)")
+    parser.add_argument("--steps", type=int, help="env steps (default: 20000); diffusion, consistency, bc, "
+                        "consistency-ac: gradient steps on the demos (online env steps: --set online_steps=N)")
     parser.add_argument("--out", required=True, help="run folder (config, checkpoints, logs, policy.onnx)")
     parser.add_argument("--config", help="YAML file of run fields, with the agent's under 'sac:'")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override an agent setting, e.g. --set sac.utd=8, or --set horizon=16 for "
-                             "imitation algorithms (repeatable)")
-    parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: 2000)")
+                             "imitation algorithms, --set eta=2 --set online_steps=5000 for consistency-ac "
+                             "(repeatable)")
+    parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: 2000; "
+                        "consistency-ac: online env steps, default 1000)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
     parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000)")
     parser.add_argument("--intervention", help="'expert': a scripted human takes over when the arm strays")
@@ -48,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..utils.progress import progress
 
     command = "serl-ctrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if args.algo in IMITATION:
+    if args.algo in FROM_DEMOS:
         return _run_imitation(args, progress, command)
     if args.language:
         raise ValueError("--language applies to the imitation algorithms (diffusion, consistency, bc), not sac")
@@ -69,8 +74,6 @@ def run(args: argparse.Namespace) -> dict:
 def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
     import yaml
 
-    from ..agents.imitation_run import run_imitation
-
     if not args.demos:
         raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
     if args.env_id or args.resume or args.intervention or args.reward_classifier or args.stop_at is not None:
@@ -82,6 +85,21 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
         if not sep:
             raise ValueError(f"override {item!r} must look like FIELD=VALUE")
         overrides[key.strip()] = yaml.safe_load(raw)
+    if args.algo == "consistency-ac":
+        if args.language:
+            raise ValueError("--language applies to diffusion, consistency and bc, not consistency-ac")
+        import torch
+
+        from ..agents.consistency_ac_run import run_consistency_ac
+
+        torch.set_num_threads(args.threads or 1)  # as SAC: the simulator shares the cores
+        return run_consistency_ac(args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
+                                  steps=args.steps, seed=args.seed, overrides=overrides,
+                                  eval_episodes=args.eval_episodes or 20, eval_every=args.eval_every,
+                                  progress=progress, command=command, export=not args.no_export,
+                                  device=args.device or "auto")
+    from ..agents.imitation_run import run_imitation
+
     return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
                          steps=args.steps, seed=args.seed, overrides=overrides,
                          eval_episodes=args.eval_episodes or 20, progress=progress, command=command,

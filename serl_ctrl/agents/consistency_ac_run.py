@@ -1,0 +1,344 @@
+"""``serl-ctrl train --algo consistency-ac``: Consistency-AC (Ding & Jin 2024), offline to online.
+
+1. **Offline.** A consistency actor (an ordinary :class:`ConsistencyPolicy`, built exactly as
+   ``--algo consistency`` builds it) and the SAC agent's critic ensemble are trained on the
+   demonstrations with BC + Q (:class:`~serl_ctrl.agents.consistency.ConsistencyAC`); rewards and
+   terminations come from the recorded episodes (record them with the reward the run should use,
+   e.g. ``serl-ctrl demos --reward dense``).
+2. **Online** (``online_steps > 0``). The actor acts in the task through the runtime's chunk queue
+   (one inference per ``n_action_steps`` env steps); its exploration is the consistency sampler's own
+   noise (a fresh draw per chunk, seeded per episode). Every completed episode joins the online data;
+   after every env step ``utd`` Consistency-AC updates run on RLPD-style batches (``demo_fraction``
+   from the demonstrations, the rest from online episodes; all-demo until the first episode ends).
+   A fixed number of updates per env step, never "as fast as possible", so a run is reproducible.
+   Every ``eval_every`` env steps (and once before the first) the policy is evaluated on fixed seeds
+   (10000, 10001, ...; the sampler's noise seeded per episode as in ``rollout_success``).
+3. **Export.** The actor is saved and exported exactly as ``--algo consistency`` does it
+   (:func:`serl_ctrl.agents.imitation_run.finish_run`: ``policy.onnx`` + model card, evaluated as
+   deployed), so ``serl-ctrl eval --policy RUN/policy.onnx`` runs it like any other policy.
+
+Run folder: ``model.{safetensors,json}`` (the actor), ``metrics.json``, and with an online phase
+``metrics.csv`` (one row per evaluation) and ``learning_curve.png``; then ``policy.onnx`` +
+``policy.json``.
+
+Settings (``--set field=value``): the fields of :class:`ConsistencyACConfig` below, and every
+:class:`~serl_ctrl.agents.consistency.ConsistencyConfig` field for the actor (``horizon``,
+``denoiser``, ``lr`` ...). An unknown name is an error that lists both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import csv
+import time
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..utils.device import resolve_device
+from .consistency import ConsistencyAC, ConsistencyConfig, ConsistencyPolicy
+from .imitation import ChunkDataset, ConfigError, build_imitation, rollout_success, runtime_policy, save_trained
+from .imitation_run import EVAL_SEED, finish_run
+
+ALGO = "consistency-ac"
+
+__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "mixed_batch",
+           "train_consistency_ac", "run_consistency_ac"]
+
+
+@dataclass(frozen=True)
+class ConsistencyACConfig:
+    """Consistency-AC settings beyond the actor's (``--set field=value``)."""
+
+    eta: float = 1.0                         # weight of the Q term -Q(s, a_pi) / mean|Q|
+    bc_weight: float = 1.0                   # weight of the consistency (BC) loss
+    n_critics: int = 2                       # Q networks in the critic ensemble
+    critic_hidden: tuple[int, ...] = (256, 256)
+    critic_lr: float = 3e-4
+    gamma: float = 0.99                      # per env step; a chunk's TD step discounts gamma^n_action_steps
+    tau: float = 0.005                       # Polyak rate of the target critics
+    online_steps: int = 0                    # env steps of online fine-tuning (0 = offline only)
+    utd: int = 1                             # Consistency-AC updates per online env step
+    demo_fraction: float = 0.5               # share of each online-phase batch drawn from the demos
+    eval_every: int = 1000                   # online env steps between evaluations
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{ALGO} field {name}={getattr(self, name)!r}: {rule}")
+
+        object.__setattr__(self, "critic_hidden", tuple(self.critic_hidden))
+        for name in ("n_critics", "utd", "eval_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be an integer >= 1")
+        v = self.online_steps
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, "online_steps", "must be an integer >= 0")
+        need(len(self.critic_hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in self.critic_hidden),
+             "critic_hidden", "must be positive layer widths, e.g. 256,256 or [256, 256]")
+        need(self.eta >= 0, "eta", "must be >= 0")
+        need(self.bc_weight >= 0, "bc_weight", "must be >= 0")
+        need(self.eta > 0 or self.bc_weight > 0, "eta", "eta and bc_weight cannot both be 0")
+        need(self.critic_lr > 0, "critic_lr", "must be > 0")
+        need(0.0 <= self.gamma < 1.0, "gamma", "must be in [0, 1)")
+        need(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
+        need(0.0 <= self.demo_fraction <= 1.0, "demo_fraction", "must be in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[ConsistencyACConfig, dict[str, Any]]:
+    """``--set`` values -> (the Consistency-AC settings, the actor's ``ConsistencyConfig`` overrides).
+
+    Each field is checked here (type and range, the error names it); unknown names list the valid
+    ones of both."""
+    own = {f.name: f for f in fields(ConsistencyACConfig)}
+    actor = {f.name for f in fields(ConsistencyConfig)}
+    data = dict(overrides or {})
+    unknown = sorted(k for k in data if k not in own and k not in actor)
+    if unknown:
+        raise ConfigError(f"unknown {ALGO} field(s) {', '.join(unknown)}; valid: {', '.join(sorted(own))}, "
+                          f"and the actor's (ConsistencyConfig): {', '.join(sorted(actor))}")
+    for k in ("teacher", "mode"):
+        if data.get(k) not in (None, "", "ct"):
+            raise ConfigError(f"{ALGO} field {k}={data[k]!r}: the actor is trained by consistency training "
+                              "(mode='ct'), without a teacher")
+    hints = typing.get_type_hints(ConsistencyACConfig)
+    kwargs = {}
+    for k in [k for k in data if k in own]:
+        v, tp = data.pop(k), hints[k]
+        if typing.get_origin(tp) is tuple:
+            if isinstance(v, str):  # "256,256"
+                try:
+                    v = [int(x) for x in v.split(",") if x.strip()]
+                except ValueError:
+                    raise ConfigError(f"{ALGO} field {k}: expected integers like 256,256, got {v!r}") from None
+            v = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        elif tp is float:
+            if isinstance(v, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+                try:
+                    v = float(v)
+                except ValueError:
+                    pass
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{ALGO} field {k}: expected a number, got {v!r}")
+            v = float(v)
+        elif tp is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ConfigError(f"{ALGO} field {k}: expected an integer, got {v!r}")
+        kwargs[k] = v
+    cfg = ConsistencyACConfig(**kwargs)
+    ConsistencyConfig.from_dict(data)  # validate the actor's fields now, before any demos are read
+    return cfg, data
+
+
+def mixed_batch(demo: ChunkDataset, online: ChunkDataset | None, batch_size: int, demo_fraction: float,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """RLPD's symmetric sampling: ``round(batch_size * demo_fraction)`` windows from the demos and
+    the rest from the online data (all from the demos while there is none)."""
+    n_demo = batch_size if online is None else int(round(batch_size * demo_fraction))
+    parts = [d.sample(n, rng) for d, n in ((demo, n_demo), (online, batch_size - n_demo)) if n > 0]
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(a, b):
+        if isinstance(a, dict):
+            return {k: cat(a[k], b[k]) for k in a}
+        return np.concatenate([a, b])
+
+    return cat(*parts)
+
+
+class OnlineFinetuner:
+    """The online phase (module docstring, 2): acting, collecting episodes, updating, evaluating.
+
+    ``run()`` returns its summary; ``online_episodes`` (the completed ones) and ``rows`` (the
+    evaluations) stay readable afterwards."""
+
+    def __init__(self, agent: ConsistencyAC, demo: ChunkDataset, cfg: ConsistencyACConfig, task: str, *,
+                 backend: str = "mujoco", seed: int = 0, eval_episodes: int = 20, total_updates: int | None = None,
+                 progress: Callable | None = None) -> None:
+        from ..envs import make_env
+        from .imitation import obs_mode_for
+
+        self.agent, self.demo, self.cfg, self.task, self.backend = agent, demo, cfg, task, backend
+        self.seed, self.eval_episodes, self.progress = int(seed), int(eval_episodes), progress
+        policy = agent.actor
+        self.obs_mode = obs_mode_for(policy, task)
+        self.reward = demo.metadata.get("reward") or "sparse"
+        self.env = make_env(task, backend=backend, obs=self.obs_mode, reward=self.reward)
+        missing = [k for k in policy.obs_keys if k not in self.env.observation_space.spaces]
+        if missing:
+            raise ValueError(f"task {task!r} ({self.obs_mode}) has no observation(s) {missing} that the demos have: "
+                             "record the demos on the task the run fine-tunes on")
+        self.runner = runtime_policy(policy, control_hz=self.env.unwrapped.control_hz)
+        self.online_episodes: list = []
+        self.online_data: ChunkDataset | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.total_updates = total_updates
+        self.gen = torch.Generator().manual_seed(self.seed + 1)
+        self.rng = np.random.default_rng([self.seed, 1])
+
+    def _metadata(self, episode: int) -> dict[str, Any]:
+        from ..data.episodes import make_metadata
+
+        space = self.env.action_space
+        return make_metadata(task=self.task, backend=self.backend, obs_mode=self.obs_mode,
+                             seed=self._env_seed(episode), control_hz=self.env.unwrapped.control_hz,
+                             action_low=space.low, action_high=space.high, source=f"{ALGO}_online",
+                             reward=self.reward)
+
+    def _env_seed(self, episode: int) -> int:
+        return self.seed * 1_000_003 + episode
+
+    def _add_episode(self, episode) -> None:
+        policy = self.agent.actor
+        self.online_episodes.append(episode)
+        data = ChunkDataset(self.online_episodes, policy.obs_keys, policy.n_obs_steps, policy.horizon)
+        data.prepare_td(self.agent.k, self.agent.gamma)
+        self.online_data = data
+
+    def evaluate(self, env_steps: int, start: float, info: Mapping[str, float]) -> dict[str, Any]:
+        ev = rollout_success(self.agent.actor, self.task, self.backend, self.eval_episodes, seed=EVAL_SEED,
+                             obs_mode=self.obs_mode)
+        row = {"env_steps": env_steps, "updates": self.agent.updates, "success_rate": ev["success_rate"],
+               "online_episodes": len(self.online_episodes),
+               "online_transitions": sum(ep.length for ep in self.online_episodes),
+               "wall_s": round(time.perf_counter() - start, 2), **{k: float(v) for k, v in info.items()}}
+        self.rows.append(row)
+        return row
+
+    def run(self) -> dict[str, Any]:
+        from ..data.episodes import EpisodeRecorder
+
+        cfg, agent, policy = self.cfg, self.agent, self.agent.actor
+        total = self.total_updates or agent.updates + cfg.online_steps * cfg.utd
+        bar = self.progress(total=cfg.online_steps, desc=f"online {ALGO}") if self.progress else None
+        start = time.perf_counter()
+        info: dict[str, float] = {}
+        self.evaluate(0, start, info)
+        episode = 0
+        recorder = EpisodeRecorder(self._metadata(episode))
+
+        def begin():
+            obs, _ = self.env.reset(seed=self._env_seed(episode))
+            policy.seed(self._env_seed(episode))  # the exploration noise of this episode's chunks
+            self.runner.reset()
+            recorder.reset(obs)
+            return obs
+
+        obs = begin()
+        try:
+            for step in range(1, cfg.online_steps + 1):
+                policy.eval()
+                action = self.runner.act(obs)
+                obs, reward, terminated, truncated, step_info = self.env.step(action)
+                recorder.step(action, obs, float(reward), bool(terminated), bool(truncated), step_info)
+                if terminated or truncated:
+                    self._add_episode(recorder.finish())
+                    episode += 1
+                    recorder = EpisodeRecorder(self._metadata(episode))
+                    obs = begin()
+                policy.train()
+                for _ in range(cfg.utd):
+                    raw = mixed_batch(self.demo, self.online_data, policy.config.batch_size, cfg.demo_fraction,
+                                      self.rng)
+                    batch = policy.batch_to_torch(raw, self.gen, augment=True)
+                    info = agent.update(batch, self.gen, agent.updates, total)
+                policy.eval()
+                if step % cfg.eval_every == 0 or step == cfg.online_steps:
+                    row = self.evaluate(step, start, info)
+                    if bar is not None:
+                        bar.set_postfix(success=f"{row['success_rate']:.0%}", episodes=row["online_episodes"])
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.env.close()
+        last = self.rows[-1]
+        return {"env_steps": cfg.online_steps, "online_episodes": last["online_episodes"],
+                "online_transitions": last["online_transitions"], "online_success_rate": last["success_rate"],
+                "offline_success_rate": self.rows[0]["success_rate"],
+                "online_wall_s": round(time.perf_counter() - start, 2)}
+
+
+def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[str, Any] | None = None, *,
+                         task: str | None = None, backend: str = "mujoco", steps: int | None = None, seed: int = 0,
+                         eval_episodes: int = 20, eval_every: int | None = None, device: str = "auto",
+                         progress: Callable | None = None) -> dict[str, Any]:
+    """Offline Consistency-AC on ``demos``, then (``online_steps > 0``) online fine-tuning on ``task``
+    (default: the demos' task). Writes the actor to ``out/model`` and returns what
+    ``train_imitation`` returns (``checkpoint``, ``metrics``), so ``finish_run`` exports it.
+
+    ``steps``: offline updates (default: the actor config's ``train_steps``). ``device``: where the
+    updates and the online inference run (``auto``, ``cpu``, ``cuda``); draws come from CPU
+    generators seeded by ``seed``, and the saved actor is CPU float32 either way."""
+    data = dict(overrides or {})
+    if eval_every is not None:
+        data["eval_every"] = eval_every
+    cfg, actor_overrides = split_overrides(data)
+    policy, dataset = build_imitation("consistency", demos, actor_overrides, seed=seed)
+    assert isinstance(policy, ConsistencyPolicy)
+    steps = policy.config.train_steps if steps is None else int(steps)
+    if steps < 0:
+        raise ConfigError(f"--steps must be >= 0, got {steps}")
+    task = task or dataset.metadata.get("task")
+    if cfg.online_steps and not task:
+        raise ValueError(f"{ALGO}: online_steps={cfg.online_steps} needs a task: pass --task")
+    agent = ConsistencyAC(policy, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
+                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, critic_lr=cfg.critic_lr, seed=seed)
+    total = steps + cfg.online_steps * cfg.utd
+    out = Path(out)
+    start = time.perf_counter()
+    agent.to(resolve_device(device))
+    try:
+        offline = agent.train(dataset, steps, progress=progress, total_steps=total)
+        offline_wall = time.perf_counter() - start
+        online: dict[str, Any] = {}
+        if cfg.online_steps:
+            tuner = OnlineFinetuner(agent, dataset, cfg, task, backend=backend, seed=seed,
+                                    eval_episodes=eval_episodes, total_updates=total, progress=progress)
+            online = tuner.run()
+            out.mkdir(parents=True, exist_ok=True)
+            _write_csv(out / "metrics.csv", tuner.rows)
+            from .train_sac import plot_learning_curve
+
+            plot_learning_curve(tuner.rows, out / "learning_curve.png",
+                                f"Consistency-AC {task}: offline {steps} updates, then online, seed {seed}")
+    finally:
+        agent.to("cpu")
+    metrics = {"steps": steps, "updates": agent.updates, "env_steps": online.get("env_steps", 0),
+               **{k: v for k, v in offline.items() if k != "steps"}, **online,
+               "offline_wall_s": round(offline_wall, 2), "wall_s": round(time.perf_counter() - start, 2),
+               "n_samples": len(dataset), "n_episodes": dataset.n_episodes, "seed": seed, "config": cfg.to_dict()}
+    policy.metadata["consistency_ac"] = {**cfg.to_dict(), "offline_steps": steps}
+    return save_trained(policy, out, ALGO, metrics)
+
+
+def run_consistency_ac(demos: str | Path, out: str | Path, *, task: str | None = None, backend: str = "mujoco",
+                       steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
+                       eval_episodes: int = 20, eval_every: int | None = None, progress: Callable | None = None,
+                       command: str | None = None, export: bool = True, device: str = "auto") -> dict:
+    """Train (offline, then online), evaluate and export: ``serl-ctrl train --algo consistency-ac``."""
+    trained = train_consistency_ac(demos, out, overrides, task=task, backend=backend, steps=steps, seed=seed,
+                                   eval_episodes=eval_episodes, eval_every=eval_every, device=device,
+                                   progress=progress)
+    m = trained["metrics"]
+    return finish_run(ALGO, trained, out, demos, task=task, backend=backend, eval_episodes=eval_episodes,
+                      progress=progress, command=command, export=export,
+                      extra={"offline_steps": m["steps"], "online_steps": m["env_steps"]})
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    from ..utils.atomic import atomic_write
+
+    first = ["env_steps", "updates", "success_rate", "online_episodes", "online_transitions", "wall_s"]
+    keys = first + sorted({k for r in rows for k in r} - set(first))
+    with atomic_write(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
