@@ -15,6 +15,7 @@ seeds, each seed's value, final success) and writes a learning-curve PNG and a J
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_sac_learning.py [--task pickcube] [--reward dense]
         [--seeds 0 1 2] [--steps 10000] [--variants ours,ours-nodemo,sb3] [--out runs/bench_sac]
+    python bench/bench_sac_learning.py --report DIR [DIR ...] --out DIR   # merge runs made separately
 
 Slow by nature (each run is minutes to tens of minutes on 2 cores); runs are sequential so each
 gets the whole machine, as the wall-clock goal assumes.
@@ -130,7 +131,12 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="sac.field=value for ours (repeatable)")
     p.add_argument("--stop-at-90", action="store_true", help="stop a run at its first evaluation >= 90%%")
     p.add_argument("--out", default="runs/bench_sac")
+    p.add_argument("--report", nargs="+", metavar="DIR",
+                   help="no training: merge the curves.json of earlier runs (e.g. one per variant, run "
+                        "separately) into one table and one plot in --out")
     args = p.parse_args(argv)
+    if args.report:
+        return report(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = sorted(set(variants) - set(VARIANTS))
     if bad:
@@ -160,24 +166,48 @@ def main(argv=None) -> int:
             (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
 
     title = f"{args.task} state, {args.reward} reward, {args.demos} demos for 'ours'"
-    plot(curves, out / "learning_curves.png", title)
     print(f"\n{title}; evaluation every {args.eval_every} steps over {args.eval_episodes} episodes; "
           f"budget {args.steps} steps\n")
+    table(curves, variants, out, title)
+    return 0
+
+
+def report(args) -> int:
+    """Merge earlier runs' curves.json into one table and plot (budgets per variant: its last row)."""
+    curves: dict = {}
+    for d in args.report:
+        path = Path(d) / "curves.json"
+        if not path.is_file():
+            raise SystemExit(f"--report: {path} does not exist")
+        for key, rows in json.loads(path.read_text()).items():
+            variant, seed = key.rsplit("/", 1)
+            curves[(variant, int(seed))] = rows
+    variants = [v for v in VARIANTS if any(k[0] == v for k in curves)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
+    table(curves, variants, out, f"{args.task} state, {args.reward} reward, {args.demos} demos for 'ours'")
+    return 0
+
+
+def table(curves: dict, variants: list, out: Path, title: str) -> None:
+    plot(curves, out / "learning_curves.png", title)
     print("| variant | seeds | median steps to 90% | median minutes to 90% | per seed (steps / min) | final success |")
     print("|---|---|---|---|---|---|")
     for variant in variants:
-        per = [(s, *_to_90(curves[(variant, s)]), curves[(variant, s)][-1]["success_rate"]) for s in args.seeds]
+        seeds = sorted(s for v, s in curves if v == variant)
+        per = [(s, *_to_90(curves[(variant, s)]), curves[(variant, s)][-1]["success_rate"]) for s in seeds]
         steps = [x[1] for x in per]
         mins = [x[2] / 60 for x in per if x[2] is not None]
+        budget = min(curves[(variant, s)][-1]["env_steps"] for s in seeds)
         med_steps = f"{int(np.median(steps))}" if all(s is not None for s in steps) else \
-            (f"> {args.steps} ({sum(s is None for s in steps)} of {len(steps)} not reached)")
+            (f"> {budget} ({sum(s is None for s in steps)} of {len(steps)} not reached)")
         med_min = f"{np.median(mins):.1f}" if all(s is not None for s in steps) else "-"
         each = ", ".join(f"{s}: {st if st is not None else '-'} / {w / 60:.1f}" if w is not None else f"{s}: -"
                          for s, st, w, _ in per)
         final = ", ".join(f"{x[3]:.0%}" for x in per)
-        print(f"| {variant} | {len(args.seeds)} | {med_steps} | {med_min} | {each} | {final} |")
+        print(f"| {variant} | {len(seeds)} | {med_steps} | {med_min} | {each} | {final} |")
     print(f"\ncurves: {out / 'learning_curves.png'}, {out / 'curves.json'}")
-    return 0
 
 
 if __name__ == "__main__":
