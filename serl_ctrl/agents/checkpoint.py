@@ -226,7 +226,7 @@ def load_checkpoint(path: PathLike, obj: Any, *, restore_global_rng: bool = True
                               f"{type(obj).__name__}")
     cfg = _config_of(obj)
     if strict_config and cfg is not None and meta.get("config") is not None:
-        saved, now = meta["config"], cfg.to_dict()
+        saved, now = _with_defaults(meta["config"]), cfg.to_dict()
         diff = _diff(saved, now)
         if diff:
             raise CheckpointError(f"{p}: config differs from the object's in "
@@ -260,8 +260,19 @@ def _tensor_file(p: Path, meta: Mapping[str, Any]) -> Path:
     return tpath
 
 
+def _with_defaults(saved: Mapping[str, Any]) -> Any:
+    """A saved config dict with the fields added to ``SACConfig`` since it was written filled in
+    with their defaults (a checkpoint from before ``sac.gripper_critic`` still resumes); as saved
+    if it no longer validates (the comparison then names what differs)."""
+    try:
+        return SACConfig.from_dict(saved).to_dict()
+    except ValueError:
+        return saved
+
+
 def read_actor_state(path: PathLike) -> "tuple[Dict[str, torch.Tensor], Dict[str, Any]]":
-    """The deployable weights of a SAC checkpoint (file, or folder = newest): encoder and actor,
+    """The deployable weights of a SAC checkpoint (file, or folder = newest): encoder and actor
+    (and the grasp critic of ``sac.gripper_critic``),
     keyed as ``SACAgent.load_actor_state_dict`` takes them, plus the checkpoint's metadata (step,
     config, extra). Only those tensors are read, never the replay buffers or optimiser state, so
     exporting a policy does not need a learner built like the one that trained it."""
@@ -274,9 +285,11 @@ def read_actor_state(path: PathLike) -> "tuple[Dict[str, torch.Tensor], Dict[str
     if not isinstance(state, dict) or not all(k in state for k in ("encoder", "actor")):
         raise CheckpointError(f"{p}: a {meta['kind']} checkpoint without SAC encoder and actor weights")
     weights: Dict[str, torch.Tensor] = {}
+    # with sac.gripper_critic the grasp critic picks the gripper command: it is part of the policy
+    parts = ("encoder", "actor") + (("grasp_critic",) if "grasp_critic" in state else ())
     with safe_open(str(tpath), framework="pt") as f:
         tensors = _LazyTensors(f)
-        for part in ("encoder", "actor"):
+        for part in parts:
             for name, value in _unflatten(state[part], tensors).items():
                 weights[f"{part}.{name}"] = value
     return weights, {k: v for k, v in meta.items() if k not in ("state", "rng_globals")}

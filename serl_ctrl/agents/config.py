@@ -38,6 +38,10 @@ Defaults and why:
   multiplies bf16 natively) runs compiled updates another ~2x faster on AMX CPUs, but learned
   worse: Pendulum returns after 2,500 steps over seeds 0-2 were -733/-707/-383 with bf16 vs
   -483/-223/-221 in float32 (both compiled). Output layers stay float32 in bf16 mode.
+* ``gripper_critic=False``: off keeps plain SAC over the whole action. On, as HIL-SERL:
+  ``grasp_penalty=0.02`` per gripper change (HIL-SERL's value, for rewards of O(1) per episode
+  step or less) and greedy gripper choices while training (``grasp_epsilon=0``; exploration comes
+  from the random steps, the demonstrations and interventions).
 """
 
 from __future__ import annotations
@@ -144,6 +148,13 @@ class SACConfig:
                     "natively, else float32)", choices=("auto", "float32", "bf16-autocast"))
     compile: bool = _f(True, "torch.compile the loss functions (a few seconds at the first "
                        "update; falls back to eager with a warning where it cannot build)")
+    gripper_critic: bool = _f(False, "HIL-SERL's discrete gripper: the actor drives only the arm "
+                              "(all action dims but the last); a DQN critic picks open/stay/close "
+                              "for the last one (agents/grasp.py). Needs a 'gripper' observation")
+    grasp_penalty: float = _f(0.02, "with gripper_critic: subtracted from the grasp critic's reward "
+                              "at every step that changes the gripper state", lo=0.0, hi=10.0)
+    grasp_epsilon: float = _f(0.0, "with gripper_critic: chance of a random gripper class per "
+                              "training step (0 = greedy, as HIL-SERL)", lo=0.0, hi=1.0)
     encoder: EncoderConfig = _f(EncoderConfig, "image encoder options", factory=True)
 
     def __post_init__(self) -> None:

@@ -31,6 +31,12 @@ encoder per camera + a proprioception embedding, shared by actor and critic but 
 through the critic loss (the actor sees detached features); target encoder Polyak-averaged with
 the target critic.
 
+Gripper critic (``sac.gripper_critic``, HIL-SERL): the actor and the critic ensemble see only the
+arm dimensions (all but the last); a ``GraspCritic`` over the same (detached) features picks
+open / stay / close for the last dimension, trained with double-DQN targets on the same minibatches
+(one backward pass with the ensemble's loss, its own optimizer, Polyak target). ``act`` and the
+exported ``PolicyModule`` return the full env action. See ``serl_ctrl.agents.grasp``.
+
 Actions: the networks work in [-1, 1]^A; ``act`` returns env-scaled actions and ``update`` expects
 env-scaled actions in the batch (as stored by the replay buffer). The action space must be a
 bounded Box.
@@ -50,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serl_ctrl.agents import grasp
 from serl_ctrl.agents.config import SACConfig
 from serl_ctrl.data.replay import MixedSampler, ObsSpec, ReplayBuffer
 from serl_ctrl.nn.encoders import (ObservationEncoder, dict_to_torch, obs_to_torch,
@@ -117,21 +124,32 @@ class PolicyModule(nn.Module):
 
     ``forward(obs)`` takes a dict of batched tensors for Dict spaces (images uint8 ``(B,H,W,C)``,
     state float) or one ``(B, *shape)`` tensor for Box spaces. No sampling, no augmentation, no
-    data-dependent Python control flow: traceable and exportable with ``torch.onnx.export``."""
+    data-dependent Python control flow: traceable and exportable with ``torch.onnx.export``.
+
+    With a ``grasp_critic`` the actor gives the arm dimensions and the last one is the gripper
+    command of the greedy class, "stay" resolved from the observed gripper state (as ``act``)."""
 
     def __init__(self, spec: ObsSpec, encoder: ObservationEncoder, actor: TanhGaussianActor,
-                 low: np.ndarray, high: np.ndarray) -> None:
+                 low: np.ndarray, high: np.ndarray,
+                 grasp_critic: Optional[grasp.GraspCritic] = None) -> None:
         super().__init__()
         self.spec = spec
         self.encoder = encoder
         self.actor = actor
+        self.grasp_critic = grasp_critic
         self.register_buffer("scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
         self.register_buffer("center", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, obs: Any) -> torch.Tensor:
         d = obs if self.spec.is_dict else {"obs": obs}
-        mean, _ = self.actor(self.encoder(d))
-        return torch.tanh(mean) * self.scale + self.center
+        feat = self.encoder(d)
+        mean, _ = self.actor(feat)
+        unit = torch.tanh(mean)
+        if self.grasp_critic is not None:
+            closed = grasp.gripper_closed(d[grasp.GRIPPER_KEY])
+            cls = grasp.greedy_class(self.grasp_critic(feat), closed)
+            unit = torch.cat([unit, grasp.class_to_command(cls, closed).unsqueeze(-1)], dim=-1)
+        return unit * self.scale + self.center
 
 
 # ============================================================================ agent
@@ -163,6 +181,18 @@ def resolve_dtype(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16-autocast" if bf16_is_native(device) else "float32"
     return name
+
+
+def _check_gripper_spaces(spec: ObsSpec, act_dim: int) -> None:
+    """``sac.gripper_critic`` reads the gripper state from a ``gripper`` observation (see
+    ``serl_ctrl.agents.grasp``) and needs an arm dimension besides the gripper's."""
+    key = grasp.GRIPPER_KEY
+    if key not in spec.state_keys or int(np.prod(spec.shapes[key])) != 1:
+        raise ValueError(f"sac.gripper_critic needs a Dict observation with a 1-d {key!r} key (the "
+                         f"measured finger opening); this space has keys {list(spec.keys)}")
+    if act_dim < 2:
+        raise ValueError(f"sac.gripper_critic needs the gripper as the last of >= 2 action dims, "
+                         f"got {act_dim}")
 
 
 class _CompiledOrEager:
@@ -224,12 +254,16 @@ class SACAgent:
         self.seed = int(seed)
         self.spec = ObsSpec.from_space(observation_space)
         self.act_dim = int(low.size)
+        if cfg.gripper_critic:
+            _check_gripper_spaces(self.spec, self.act_dim)
+        #: actions the actor (and the critic ensemble) handle: all, or all but the gripper
+        self.policy_dim = self.act_dim - 1 if cfg.gripper_critic else self.act_dim
         self._low, self._high = low, high
         self._scale = torch.as_tensor((high - low) / 2.0, dtype=torch.float32, device=self.device)
         self._center = torch.as_tensor((high + low) / 2.0, dtype=torch.float32,
                                        device=self.device)
         self.target_entropy = (float(cfg.target_entropy) if cfg.target_entropy is not None
-                               else -self.act_dim / 2.0)
+                               else -self.policy_dim / 2.0)
         self.image_keys = self.spec.image_keys
         self.compute_dtype = resolve_dtype(cfg.dtype, self.device)
 
@@ -239,12 +273,18 @@ class SACAgent:
                                               normalize_state=cfg.normalize_state).to(self.device)
             feat = self.encoder.out_dim
             self.actor = TanhGaussianActor(
-                feat, self.act_dim, cfg.hidden_dims, layer_norm=cfg.layer_norm,
+                feat, self.policy_dim, cfg.hidden_dims, layer_norm=cfg.layer_norm,
                 act=cfg.activation, log_std_min=cfg.log_std_min,
                 log_std_max=cfg.log_std_max).to(self.device)
-            self.critic = EnsembleCritic(feat, self.act_dim, cfg.n_critics, cfg.hidden_dims,
+            self.critic = EnsembleCritic(feat, self.policy_dim, cfg.n_critics, cfg.hidden_dims,
                                          layer_norm=cfg.layer_norm,
                                          act=cfg.activation).to(self.device)
+            #: HIL-SERL's discrete gripper critic (None unless ``sac.gripper_critic``)
+            self.grasp_critic: Optional[grasp.GraspCritic] = None
+            if cfg.gripper_critic:
+                self.grasp_critic = grasp.GraspCritic(
+                    feat, cfg.hidden_dims, layer_norm=cfg.layer_norm,
+                    act=cfg.activation).to(self.device)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature),
@@ -265,6 +305,18 @@ class SACAgent:
         if cfg.compile:
             self._critic_loss_fn = _CompiledOrEager(self._critic_loss, "critic loss")
             self._actor_loss_fn = _CompiledOrEager(self._actor_loss, "actor loss")
+        self.target_grasp_critic: Optional[grasp.GraspCritic] = None
+        self.grasp_opt: Optional[torch.optim.Optimizer] = None
+        if self.grasp_critic is not None:
+            self.target_grasp_critic = copy.deepcopy(self.grasp_critic).requires_grad_(False)
+            self.grasp_opt = _adam(list(self.grasp_critic.parameters()), cfg.critic_lr)
+            # one Polyak step moves every target (ensemble, encoder, grasp critic)
+            self._online_params += list(self.grasp_critic.parameters())
+            self._target_params += list(self.target_grasp_critic.parameters())
+            self._critic_grasp_loss_fn = self._critic_grasp_loss
+            if cfg.compile:
+                self._critic_grasp_loss_fn = _CompiledOrEager(self._critic_grasp_loss,
+                                                              "critic + grasp loss")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -320,16 +372,48 @@ class SACAgent:
         if not batched:
             d = {k: np.asarray(v)[None] for k, v in d.items()}
         t = dict_to_torch(self.spec, d, self.device)
-        mean, log_std = self.actor(self.encoder(t))
+        feat = self.encoder(t)
+        mean, log_std = self.actor(feat)
         if deterministic:
             u = mean
         else:
             u = mean + log_std.exp() * self._randn(*mean.shape, gen=self._act_gen)
-        a = torch.tanh(u) * self._scale + self._center
+        unit = torch.tanh(u)
+        if self.grasp_critic is not None:
+            command = self._gripper_command(feat, t[grasp.GRIPPER_KEY], deterministic)
+            unit = torch.cat([unit, command.unsqueeze(-1)], dim=-1)
+        a = unit * self._scale + self._center
         out = a.cpu().numpy().astype(self.action_space.dtype, copy=False)
         out = np.clip(out, self._low, self._high).astype(self.action_space.dtype, copy=False)
         out = out.reshape(out.shape[0], *self.action_space.shape)
         return out if batched else out[0]
+
+    def _gripper_command(self, feat: torch.Tensor, opening: torch.Tensor,
+                         deterministic: bool) -> torch.Tensor:
+        """The gripper command in [-1, 1] (B,): the greedy class, or with probability
+        ``grasp_epsilon`` (training only) a random valid one (stay or change, half each)."""
+        closed = grasp.gripper_closed(opening)
+        cls = grasp.greedy_class(self.grasp_critic(feat), closed)
+        eps = self.config.grasp_epsilon
+        if not deterministic and eps > 0:
+            u = torch.rand(2, cls.shape[0], generator=self._act_gen).to(self.device)
+            rand = torch.where(u[1] < 0.5, grasp.toggle_class(closed),
+                               torch.full_like(cls, grasp.STAY))
+            cls = torch.where(u[0] < eps, rand, cls)
+        return grasp.class_to_command(cls, closed)
+
+    def snap_gripper(self, action: np.ndarray) -> np.ndarray:
+        """An action chosen outside the policy (uniform random exploration) as the agent may
+        execute it: unchanged without the gripper critic; with it, the gripper dimension becomes
+        fully closed (> center) or fully open, the only commands whose class the measured
+        gripper state identifies (``serl_ctrl.agents.grasp``)."""
+        if self.grasp_critic is None:
+            return action
+        out = np.array(action, copy=True)
+        g = out[..., -1]
+        out[..., -1] = np.where(g > (self._low[-1] + self._high[-1]) / 2.0, self._high[-1],
+                                self._low[-1])
+        return out
 
     # ------------------------------------------------------------------ learning
     def target_q(self, next_obs: Dict[str, torch.Tensor], next_actions: torch.Tensor,
@@ -345,6 +429,13 @@ class SACAgent:
 
     def _critic_loss(self, obs, actions, rewards, next_obs, terminated, eps_next, members,
                      alpha):
+        return self._critic_terms(obs, actions, rewards, next_obs, terminated, eps_next, members,
+                                  alpha)[:4]
+
+    def _critic_terms(self, obs, actions, rewards, next_obs, terminated, eps_next, members,
+                      alpha):
+        """The ensemble's TD loss and its by-products: ``(loss, q mean, target mean, detached
+        features of obs, next-obs features of the online and the target encoder)``."""
         cfg = self.config
         with torch.no_grad():
             with self._autocast():
@@ -360,7 +451,32 @@ class SACAgent:
             q = self.critic(feat, actions)
         q = q.float()
         loss = (q - target.unsqueeze(0)).pow(2).mean()
-        return loss, q.detach().mean(), target.mean(), feat.detach().float()
+        return loss, q.detach().mean(), target.mean(), feat.detach().float(), next_feat, tfeat
+
+    def _critic_grasp_loss(self, obs, actions, rewards, next_obs, terminated, eps_next, members,
+                           alpha, classes, g_rewards, closed_next):
+        """The ensemble's loss (arm actions) and the grasp critic's double-DQN loss on the same
+        minibatch, sharing its encoder passes; the grasp critic sees detached features, so the
+        encoder learns from the ensemble's loss alone (as with the actor)."""
+        loss, qm, tm, feat, next_feat, tfeat = self._critic_terms(
+            obs, actions, rewards, next_obs, terminated, eps_next, members, alpha)
+        with torch.no_grad(), self._autocast():
+            target = grasp.double_dqn_target(self.grasp_critic(next_feat),
+                                             self.target_grasp_critic(tfeat), closed_next,
+                                             g_rewards, terminated, self.config.gamma)
+        with self._autocast():
+            q = self.grasp_critic(feat)
+        q_taken = q.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+        g_loss = (q_taken - target).pow(2).mean()
+        return loss, qm, tm, feat, g_loss, q_taken.detach().mean()
+
+    def _grasp_labels(self, obs, next_obs, actions, rewards):
+        """Per row: the class of the stored gripper command, the penalised reward and whether
+        the gripper is closed in the next observation (``serl_ctrl.agents.grasp``)."""
+        closed = grasp.gripper_closed(obs[grasp.GRIPPER_KEY])
+        classes = grasp.command_to_class(actions[:, -1], closed)
+        g_rewards = grasp.grasp_rewards(rewards, classes, self.config.grasp_penalty)
+        return classes, g_rewards, grasp.gripper_closed(next_obs[grasp.GRIPPER_KEY])
 
     def _actor_loss(self, feat, eps, alpha):
         with self._autocast():
@@ -390,6 +506,10 @@ class SACAgent:
         actions = self._to_unit(batch["actions"])
         obs = self._augment(obs_to_torch(self.spec, batch["obs"], self.device))
         next_obs = self._augment(obs_to_torch(self.spec, batch["next_obs"], self.device))
+        labels = None
+        if self.grasp_critic is not None:
+            labels = self._grasp_labels(obs, next_obs, actions, rewards)
+            actions = actions[:, :self.policy_dim]
 
         def sl(x, i):
             if isinstance(x, dict):
@@ -398,16 +518,28 @@ class SACAgent:
 
         alpha = self.log_alpha.detach().exp()
         c_loss = q_mean = t_mean = 0.0
+        g_metrics = {"grasp_loss": 0.0, "grasp_q_mean": 0.0}
         feat = None
         for i in range(m):
-            eps_next = self._randn(mb, self.act_dim)
+            eps_next = self._randn(mb, self.policy_dim)
             members = self._subset()
-            loss, qm, tm, feat = self._critic_loss_fn(sl(obs, i), sl(actions, i), sl(rewards, i),
-                                                sl(next_obs, i), sl(terminated, i), eps_next,
-                                                members, alpha)
+            args = (sl(obs, i), sl(actions, i), sl(rewards, i), sl(next_obs, i),
+                    sl(terminated, i), eps_next, members, alpha)
+            if labels is None:
+                loss, qm, tm, feat = self._critic_loss_fn(*args)
+                total = loss
+            else:
+                loss, qm, tm, feat, g_loss, gq = self._critic_grasp_loss_fn(
+                    *args, *(sl(x, i) for x in labels))
+                total = loss + g_loss  # disjoint parameters: one backward serves both critics
+                self.grasp_opt.zero_grad(set_to_none=True)
+                g_metrics["grasp_loss"] += float(g_loss.detach()) / m
+                g_metrics["grasp_q_mean"] += float(gq) / m
             self.critic_opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             self.critic_opt.step()
+            if labels is not None:
+                self.grasp_opt.step()
             with torch.no_grad():
                 torch._foreach_lerp_(self._target_params, self._online_params, cfg.tau)
             self.num_critic_updates += 1
@@ -418,7 +550,7 @@ class SACAgent:
         # actor and temperature: once, on the last minibatch, with detached encoder features.
         # The features are the ones the last critic step computed (encoder weights from just
         # before that step): with images this saves a whole encoder pass per env step.
-        eps = self._randn(mb, self.act_dim)
+        eps = self._randn(mb, self.policy_dim)
         self.critic.requires_grad_(False)
         try:
             a_loss, logp = self._actor_loss_fn(feat, eps, alpha)
@@ -433,28 +565,40 @@ class SACAgent:
         temp_loss.backward()
         self.temp_opt.step()
         self.num_updates += 1
-        return {"critic_loss": c_loss, "q_mean": q_mean, "target_q_mean": t_mean,
-                "actor_loss": float(a_loss.detach()), "entropy": float(entropy),
-                "temperature": float(alpha), "temperature_loss": float(temp_loss.detach())}
+        out = {"critic_loss": c_loss, "q_mean": q_mean, "target_q_mean": t_mean,
+               "actor_loss": float(a_loss.detach()), "entropy": float(entropy),
+               "temperature": float(alpha), "temperature_loss": float(temp_loss.detach())}
+        if labels is not None:
+            out.update(g_metrics)
+        return out
 
     # ------------------------------------------------------------------ export / sync
     def policy_state(self) -> PolicyModule:
         """A detached CPU float32 copy of the deployable policy (obs -> mean action)."""
+        grasp_critic = (copy.deepcopy(self.grasp_critic).cpu()
+                        if self.grasp_critic is not None else None)
         mod = PolicyModule(self.spec, copy.deepcopy(self.encoder).cpu(),
-                           copy.deepcopy(self.actor).cpu(), self._low, self._high)
+                           copy.deepcopy(self.actor).cpu(), self._low, self._high, grasp_critic)
         return mod.float().eval().requires_grad_(False)
 
+    def _acting_modules(self) -> Dict[str, nn.Module]:
+        """The modules ``act`` uses, by state-dict prefix (the grasp critic picks the gripper)."""
+        mods: Dict[str, nn.Module] = {"encoder": self.encoder, "actor": self.actor}
+        if self.grasp_critic is not None:
+            mods["grasp_critic"] = self.grasp_critic
+        return mods
+
     def actor_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Everything ``act`` needs (encoder + actor weights), cloned, for an actor process."""
-        sd = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        sd.update({f"actor.{k}": v for k, v in self.actor.state_dict().items()})
+        """Everything ``act`` needs (encoder + actor [+ grasp critic] weights), cloned, for an
+        actor process."""
+        sd = {f"{name}.{k}": v for name, mod in self._acting_modules().items()
+              for k, v in mod.state_dict().items()}
         return {k: v.detach().clone().cpu() for k, v in sd.items()}
 
     def load_actor_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-        act = {k[len("actor."):]: v for k, v in sd.items() if k.startswith("actor.")}
-        self.encoder.load_state_dict(enc)
-        self.actor.load_state_dict(act)
+        for name, mod in self._acting_modules().items():
+            pre = name + "."
+            mod.load_state_dict({k[len(pre):]: v for k, v in sd.items() if k.startswith(pre)})
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -471,7 +615,15 @@ class SACAgent:
             "gen": self._gen.get_state(), "act_gen": self._act_gen.get_state(),
             "counters": {"num_updates": self.num_updates,
                          "num_critic_updates": self.num_critic_updates},
+            **self._grasp_state(),
         }
+
+    def _grasp_state(self) -> Dict[str, Any]:
+        if self.grasp_critic is None:
+            return {}
+        return {"grasp_critic": self.grasp_critic.state_dict(),
+                "target_grasp_critic": self.target_grasp_critic.state_dict(),
+                "grasp_opt": self.grasp_opt.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
@@ -488,6 +640,10 @@ class SACAgent:
         self._act_gen.set_state(state["act_gen"])
         self.num_updates = int(state["counters"]["num_updates"])
         self.num_critic_updates = int(state["counters"]["num_critic_updates"])
+        if self.grasp_critic is not None:
+            self.grasp_critic.load_state_dict(state["grasp_critic"])
+            self.target_grasp_critic.load_state_dict(state["target_grasp_critic"])
+            self.grasp_opt.load_state_dict(state["grasp_opt"])
 
 
 # ============================================================================ transitions
@@ -665,7 +821,7 @@ def train_online(env: Any, learner: Learner, num_steps: int, *, seed: Optional[i
     for _ in range(num_steps):
         step = learner.env_steps
         if step < cfg.random_steps:
-            action = rng.uniform(low, high).astype(agent.action_space.dtype)
+            action = agent.snap_gripper(rng.uniform(low, high).astype(agent.action_space.dtype))
         else:
             action = agent.act(obs)
         next_obs, reward, terminated, truncated, _ = env.step(action)

@@ -301,7 +301,7 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
     metrics: dict = {}
     while learner.env_steps < cfg.steps:
         if learner.env_steps < cfg.sac.random_steps:
-            action = rng.uniform(low, high).astype(np.float32)
+            action = agent.snap_gripper(rng.uniform(low, high).astype(np.float32))
         else:
             action = agent.act(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)

@@ -71,6 +71,10 @@ class ExplorationModule(nn.Module):
     @classmethod
     def from_agent(cls, agent: Any) -> "ExplorationModule":
         """A detached CPU float32 copy of a ``SACAgent``'s encoder and actor."""
+        if getattr(agent, "grasp_critic", None) is not None:
+            raise ValueError("policy versions for exploring actors do not support sac.gripper_critic yet (the "
+                             "graph's mean/log_std outputs cover continuous actions only); export the deterministic "
+                             "policy with SACAgent.policy_state() instead")
         mod = cls(copy.deepcopy(agent.encoder).cpu(), copy.deepcopy(agent.actor).cpu(), agent.spec.keys,
                   agent.action_space.low, agent.action_space.high)
         return mod.float().eval().requires_grad_(False)
