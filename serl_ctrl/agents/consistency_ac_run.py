@@ -29,7 +29,6 @@ Settings (``--set field=value``): the fields of :class:`ConsistencyACConfig` bel
 from __future__ import annotations
 
 import dataclasses
-import csv
 import time
 import typing
 from dataclasses import dataclass, fields
@@ -334,11 +333,7 @@ def run_consistency_ac(demos: str | Path, out: str | Path, *, task: str | None =
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    from ..utils.atomic import atomic_write
+    from ..utils.atomic import atomic_write_csv
 
-    first = ["env_steps", "updates", "success_rate", "online_episodes", "online_transitions", "wall_s"]
-    keys = first + sorted({k for r in rows for k in r} - set(first))
-    with atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(path, rows, ("env_steps", "updates", "success_rate", "online_episodes", "online_transitions",
+                                  "wall_s"))

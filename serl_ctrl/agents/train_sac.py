@@ -19,7 +19,6 @@ Run folder::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -396,12 +395,6 @@ def export_sac_policy(agent: SACAgent, env, cfg: RunConfig, path: Path, last_eva
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    from ..utils.atomic import atomic_write
+    from ..utils.atomic import atomic_write_csv
 
-    # A fixed column order: rows restored from a checkpoint come back with their keys sorted.
-    first = ["env_steps", "updates", "success_rate", "mean_return", "wall_s", "interventions"]
-    keys = first + sorted({k for r in rows for k in r} - set(first))
-    with atomic_write(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(path, rows, ("env_steps", "updates", "success_rate", "mean_return", "wall_s", "interventions"))
