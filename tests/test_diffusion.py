@@ -79,6 +79,65 @@ def test_ddim_all_steps_recovers_known_gaussian(prediction_type):
     np.testing.assert_allclose(one.mean(0), mu, atol=0.01)
 
 
+def test_ddpm_ancestral_sampler_recovers_known_gaussian():
+    """eta = 1 over all 100 steps is DDPM's ancestral sampler: with the exact denoiser it maps
+    N(0, I) to the data N(mu, s^2), fresh noise at every step (none after the last)."""
+    mu, s = torch.tensor([0.3, -0.5, 0.0], dtype=torch.float64), torch.tensor([0.2, 0.1, 0.4], dtype=torch.float64)
+    abar = np.cumprod(1 - make_betas(100))
+
+    def model(x, t):  # x_0 prediction: E[x_0 | x_t] for Gaussian data
+        a = float(abar[t])
+        return mu + math.sqrt(a) * s ** 2 * (x - math.sqrt(a) * mu) / (a * s ** 2 + 1 - a)
+
+    gen = torch.Generator().manual_seed(0)
+    draws = []
+
+    def noise_fn(x):
+        draws.append(1)
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+
+    x = torch.randn(40000, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = ddim_sample(model, x, abar, ddim_timesteps(100, 100), clip_sample=False, prediction_type="sample",
+                      eta=1.0, noise_fn=noise_fn)
+    assert len(draws) == 99
+    np.testing.assert_allclose(out.mean(0), mu, atol=0.01)
+    # Each step is affine plus noise, x_prev = k x + c + sigma z: the output variance follows
+    # v <- k^2 v + sigma^2 exactly. DDPM's sigma^2 (beta tilde) ignores Var[x_0 | x_t], so v ends a
+    # little under s^2 (Bao et al., Analytic-DPM): the sampler must match v, not s^2.
+    s64, v, ts = s.numpy(), np.ones(3), ddim_timesteps(100, 100)
+    for i, t in enumerate(ts):
+        a, b = abar[t], (abar[ts[i + 1]] if i + 1 < len(ts) else 1.0)
+        g = math.sqrt(a) * s64 ** 2 / (a * s64 ** 2 + 1 - a)
+        var = (1 - b) / (1 - a) * (1 - a / b)
+        k = math.sqrt(b) * g + math.sqrt(max(1 - b - var, 0.0)) * (1 - math.sqrt(a) * g) / math.sqrt(1 - a)
+        v = k ** 2 * v + var
+    np.testing.assert_allclose(out.std(0), np.sqrt(v), rtol=0.015)
+    np.testing.assert_allclose(np.sqrt(v), s64, rtol=0.15)
+    # deterministic DDIM from the same start differs: the stochastic path really used its noise
+    det = ddim_sample(model, x, abar, ddim_timesteps(100, 100), clip_sample=False, prediction_type="sample")
+    assert (det - out).abs().mean() > 0.05
+    with pytest.raises(ValueError, match="needs noise"):
+        ddim_step(x, model(x, 50), float(abar[50]), float(abar[40]), False, "sample", eta=1.0)
+
+
+def test_ddpm_policy_sampling_is_seeded_and_not_exportable():
+    pol, _ = tiny_policy(eta=1.0, num_inference_steps=100)
+    pol.eval()
+    obs = {k: torch.zeros(1, 2, *shape) for k, shape in pol.spec.shapes.items()}
+    pol.seed(3)
+    a = pol.predict_chunk(obs)
+    pol.seed(3)
+    assert torch.equal(a, pol.predict_chunk(obs))
+    pol.seed(4)
+    assert not torch.equal(a, pol.predict_chunk(obs))
+    with pytest.raises(ConfigError, match="eta"):
+        pol.export_modules()
+    with pytest.raises(ConfigError, match="eta"):
+        pol.sampler_spec()
+    with pytest.raises(ConfigError, match="eta"):
+        DiffusionConfig(eta=1.5)
+
+
 def test_ddim_step_clips_x0_and_keeps_noise_consistent():
     x = torch.full((1, 2), 3.0)
     eps = torch.zeros(1, 2)  # implies x0 = x / sqrt(abar) > 1: clipped to 1

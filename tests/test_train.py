@@ -104,6 +104,12 @@ def test_train_imitation_command_exports_an_onnx_chunk_policy(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "diffusion", "--task", "reach",
                           "--out", str(tmp_path / "x"), "--json"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--demos" in bad.stdout.strip().splitlines()[-1]
+    # a stochastic (DDPM) sampler cannot be exported: refused before any training, naming the field
+    ddpm = subprocess.run([sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "diffusion", "--task", "reach",
+                           "--demos", str(tmp_path / "demos"), "--set", "eta=1", "--out", str(tmp_path / "y"),
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert ddpm.returncode == 2 and "eta" in ddpm.stdout + ddpm.stderr, ddpm.stdout + ddpm.stderr
+    assert not (tmp_path / "y" / "model.safetensors").exists()
 
 
 def test_sac_learns_reach_within_two_minutes(tmp_path, one_torch_thread):

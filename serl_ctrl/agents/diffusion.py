@@ -12,7 +12,10 @@ A second reason: with zero initial noise and trailing timesteps, epsilon's first
 by sqrt(abar_99) ~ 5e-4, which magnifies float rounding ~2000x, so an epsilon policy can miss the
 1e-5 torch/onnxruntime parity bound that x0-prediction meets with ~7e-7.
 
-Sampling: deterministic DDIM (eta = 0) with ``num_inference_steps`` steps. With ``clip_sample``
+Sampling: deterministic DDIM (``eta = 0``, the default) with ``num_inference_steps`` steps, or
+stochastic with ``eta > 0``: ``eta = 1`` over all ``num_train_timesteps`` steps is DDPM's ancestral
+sampler (Ho et al.; "DDPM-100"), drawing fresh noise at every step from the policy's generator.
+Exported graphs are deterministic, so export wants ``eta = 0``. With ``clip_sample``
 the predicted ``x_0`` is clipped to [-1, 1] (the normalised action range) and epsilon recomputed
 from it (as diffusers does). Timesteps are spaced "trailing" by default (99, 89, ..., 9 for 10
 steps: the first step starts from pure noise, which matters at few steps) or "leading" (90, 80,
@@ -86,9 +89,12 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "tra
 
 
 def ddim_step(x: torch.Tensor, model_output: torch.Tensor, abar_t: float, abar_prev: float,
-              clip_sample: bool = True, prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
-    """One deterministic DDIM step (eta = 0) from the model's output (the noise for
-    ``prediction_type="epsilon"``, ``x_0`` for ``"sample"``): returns ``(x_prev, x0_pred)``."""
+              clip_sample: bool = True, prediction_type: str = "epsilon", eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from the model's output (the noise for ``prediction_type="epsilon"``, ``x_0``
+    for ``"sample"``): returns ``(x_prev, x0_pred)``. ``eta = 0`` is deterministic; with ``eta > 0``
+    the step adds ``sigma * noise``, ``sigma^2 = eta^2 (1 - abar_prev) / (1 - abar_t) (1 - abar_t /
+    abar_prev)`` (Song et al., eq. 16; ``eta = 1`` is DDPM's posterior variance)."""
     a_t, b_t = math.sqrt(abar_t), math.sqrt(1.0 - abar_t)
     if prediction_type == "epsilon":
         eps = model_output
@@ -99,20 +105,30 @@ def ddim_step(x: torch.Tensor, model_output: torch.Tensor, abar_t: float, abar_p
     else:
         x0 = model_output.clamp(-1.0, 1.0) if clip_sample else model_output
         eps = (x - a_t * x0) / b_t
-    return math.sqrt(abar_prev) * x0 + math.sqrt(1.0 - abar_prev) * eps, x0
+    var = eta ** 2 * (1.0 - abar_prev) / (1.0 - abar_t) * (1.0 - abar_t / abar_prev) if eta > 0 else 0.0
+    x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1.0 - abar_prev - var, 0.0)) * eps
+    if var > 0:
+        if noise is None:
+            raise ValueError("a stochastic DDIM step (eta > 0) needs noise")
+        x_prev = x_prev + math.sqrt(var) * noise
+    return x_prev, x0
 
 
 def ddim_sample(eps_fn: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor, alphas_cumprod: np.ndarray,
-                timesteps: Sequence[int], clip_sample: bool = True, prediction_type: str = "epsilon") -> torch.Tensor:
+                timesteps: Sequence[int], clip_sample: bool = True, prediction_type: str = "epsilon",
+                eta: float = 0.0, noise_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Run DDIM from ``x`` (pure noise at ``timesteps[0]``) to ``x_0``; ``eps_fn(x, t)`` is the model
-    (predicting the noise, or ``x_0`` with ``prediction_type="sample"``).
+    (predicting the noise, or ``x_0`` with ``prediction_type="sample"``). With ``eta > 0``,
+    ``noise_fn(x)`` draws each step's fresh noise.
 
     After the last timestep the "previous" ``abar`` is 1 (diffusers' ``set_alpha_to_one``), so the
-    result is the model's final ``x_0`` estimate."""
+    result is the model's final ``x_0`` estimate (that step adds no noise)."""
     ts = list(timesteps)
     for i, t in enumerate(ts):
         abar_prev = float(alphas_cumprod[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-        x, _ = ddim_step(x, eps_fn(x, t), float(alphas_cumprod[t]), abar_prev, clip_sample, prediction_type)
+        noise = noise_fn(x) if eta > 0 and i + 1 < len(ts) else None
+        x, _ = ddim_step(x, eps_fn(x, t), float(alphas_cumprod[t]), abar_prev, clip_sample, prediction_type,
+                         eta, noise)
     return x
 
 
@@ -132,6 +148,7 @@ class DiffusionConfig(ImitationConfig):
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     num_inference_steps: int = 10                # DDIM steps at inference
+    eta: float = 0.0                             # 0: deterministic DDIM; 1 with 100 steps: DDPM ancestral
     timestep_spacing: str = "trailing"           # "trailing" or "leading" (see module docstring)
     prediction_type: str = "sample"              # "sample" (predict x_0; default, see the module docstring) or "epsilon" (Chi et al.)
     snr_gamma: float = 5.0                       # Min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE
@@ -154,6 +171,8 @@ class DiffusionConfig(ImitationConfig):
             raise ConfigError(f"prediction_type={self.prediction_type!r}; valid: 'epsilon', 'sample'")
         if self.guidance_w < 0:
             raise ConfigError(f"guidance_w must be >= 0, got {self.guidance_w}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"eta={self.eta} must be in [0, 1] (0: deterministic DDIM, 1: DDPM's variance)")
 
 
 def previous_window(obs: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
@@ -244,14 +263,23 @@ class DiffusionPolicy(ImitationPolicy):
         def eps_fn(x, t):
             return self.guided_eps(x, torch.full((b,), t, dtype=torch.long, device=x.device), cond, cond_prev, w)
 
-        return ddim_sample(eps_fn, x, self.alphas_cumprod, steps, c.clip_sample, c.prediction_type)
+        def noise_fn(x):  # a CPU generator, as for the initial noise
+            return torch.randn(x.shape, generator=generator or self._gen).to(x.device)
+
+        return ddim_sample(eps_fn, x, self.alphas_cumprod, steps, c.clip_sample, c.prediction_type, c.eta, noise_fn)
 
     # ------------------------------------------------------------------ export
+    def _check_deterministic(self) -> None:
+        if self.config.eta > 0:
+            raise ConfigError(f"eta={self.config.eta}: an exported sampler is deterministic DDIM; "
+                              "set eta=0 to export this policy")
+
     def export_modules(self, num_inference_steps: int | None = None) -> dict[str, nn.Module]:
         """``denoiser``: ``eps = f(noisy_action, timestep, *obs)``; ``unrolled``: ``actions = g(*obs, noise)``
         running a fixed number of DDIM steps (default: the config's) and unnormalising (env units);
         ``deploy``: ``actions = g(obs_dict)`` with fixed noise (see ``DeployModule``). For a sampler
         outside the graph, export ``NamedInputs(denoiser)`` with :meth:`sampler_spec`."""
+        self._check_deterministic()
         unrolled = DiffusionUnrolledModule(self, num_inference_steps)
         return {"denoiser": DiffusionStepModule(self), "unrolled": unrolled,
                 "deploy": DeployModule(unrolled, [(self.horizon, self.action_dim)])}
@@ -262,6 +290,7 @@ class DiffusionPolicy(ImitationPolicy):
         unnormalisation as :class:`DiffusionUnrolledModule` with ``num_inference_steps`` steps."""
         from serl_ctrl.runtime.spec import SamplerSpec
 
+        self._check_deterministic()
         c = self.config
         ts = ddim_timesteps(c.num_train_timesteps, num_inference_steps or c.num_inference_steps, c.timestep_spacing)
         norm = self.normalizer["action"]
