@@ -1,10 +1,13 @@
 """Imitation benchmarks: diffusion vs consistency vs Gaussian BC (issue 4). Prints four tables.
 
 1. **Success** over ``--eval-seeds`` (50) seeds on PickCube and Push from ``--demos`` (100) scripted
-   demonstrations (expert noise 0.1), state observations: diffusion (DDPM-100, epsilon prediction,
-   Min-SNR-5, sampled with DDIM-10; and the same with x_0 prediction), consistency (consistency training
-   + auxiliary denoising loss, 1 and 3 steps), Gaussian BC (MSE). Goal: consistency 1-step within 5
-   points of DDIM-10.
+   demonstrations (expert noise 0.1), for ``--obs state`` and/or ``pixels`` (front + wrist 128 px and
+   proprioception, no object state): diffusion (x_0 prediction, Min-SNR-5; sampled with DDPM-100 and
+   DDIM-10; on state also Chi et al.'s epsilon prediction with DDIM-10), consistency (consistency
+   training + auxiliary denoising loss, 1 and 3 steps; ``--distill`` adds distillation from the
+   x_0 diffusion policy), Gaussian BC (MSE). Every sampler that draws noise is evaluated twice: fresh
+   noise per chunk, and zero noise, which is what ``serl-ctrl export`` deploys. Goal: consistency
+   1-step within 5 points of DDIM-10.
 2. **Latency** per action chunk (``predict_action``, batch 1) for the same network, 1 and 2 torch
    threads: DDIM-10 vs consistency 1/3 steps, MLP and U-Net denoisers. Goal: 1-step >= 10x faster.
 3. **SGAC under perturbation** (PickCube; the cube jumps 5-7 cm sideways when the open gripper is
@@ -12,12 +15,14 @@
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
    collisions and which side was taken.
 
-    python bench/bench_imitation.py                       # defaults: <= ~20 min on 2 idle cores
+    python bench/bench_imitation.py --only success        # table 1, state: ~40 min on 2 cores
+    python bench/bench_imitation.py --only success --obs pixels --no-epsilon   # pixels: ~45 min per task
+    python bench/bench_imitation.py --only latency sgac modes
     python bench/bench_imitation.py --quick               # a smoke run (~3 min), numbers meaningless
-    python bench/bench_imitation.py --demos 200 --scale 2 --denoiser unet --distill   # bigger
 
-Evaluation seeds start at 1000 (demonstrations use 0..N-1). ``--json`` prints every result as one
-JSON line at the end. Timings depend on the machine's load: the load average is printed with them.
+Evaluation seeds start at 1000 (demonstrations use 0..N-1). With 50 seeds a success rate near 70 %
+has a binomial standard error of ~6.5 points. ``--json`` prints every result as one JSON line at the end. Timings depend on the machine's
+load: the load average is printed with them.
 """
 
 from __future__ import annotations
@@ -45,9 +50,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
 
 
-def configs(args) -> dict[str, dict]:
+# The shipped pixel policy's settings (policies/pickcube_bc_pixels.json): one frame of each camera,
+# a 3-layer strided conv encoder per camera, batch 64 (each step encodes 2 x 64 images on the CPU).
+PIXEL_SETTINGS = {"batch_size": 64, "n_obs_steps": 1, "encoder": {"strided_layers": 3}}
+
+
+def configs(args, obs: str = "state") -> dict[str, dict]:
     common = {"lr": 1e-3, "batch_size": 128, "n_obs_steps": 2, "horizon": 16, "n_action_steps": 8}
-    net = {"denoiser": args.denoiser, "mlp_hidden": (256, 256, 256), "down_dims": (64, 128, 256)}
+    if obs == "pixels":
+        common.update(PIXEL_SETTINGS)
+    net = {"denoiser": args.denoiser, "mlp_hidden": tuple(args.mlp_hidden), "down_dims": (64, 128, 256)}
     return {
         "diffusion": {**common, **net, "num_inference_steps": 10},  # epsilon prediction, Min-SNR-5 (defaults)
         "diffusion_x0": {**common, **net, "num_inference_steps": 10, "prediction_type": "sample"},
@@ -56,12 +68,12 @@ def configs(args) -> dict[str, dict]:
     }
 
 
-def demos(task: str, n: int, root: Path, noise: float) -> Path:
-    out = root / f"{task}_{n}_{noise}"
+def demos(task: str, n: int, root: Path, noise: float, obs: str = "state") -> Path:
+    out = root / (f"{task}_{n}_{noise}" + ("" if obs == "state" else f"_{obs}"))
     if not (out.is_dir() and any(out.glob("episode_*.npz"))):
         shutil.rmtree(out, ignore_errors=True)
-        rep = record_demonstrations(task, out, n, seed=0, noise=noise)
-        log(f"demos {task}: {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
+        rep = record_demonstrations(task, out, n, seed=0, noise=noise, obs=obs)
+        log(f"demos {task} ({obs}): {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
     return out
 
 
@@ -82,46 +94,68 @@ def evaluate(policy, task, seeds, **kw):
 # ----------------------------------------------------------------------------- 1. success
 
 
-def bench_success(args, root: Path, results: dict) -> dict:
-    cfgs = configs(args)
+def budgets(args, obs: str) -> dict[str, int]:
+    if obs == "pixels":
+        return {"diffusion": args.pixel_steps_diffusion, "consistency": args.pixel_steps_consistency,
+                "bc": args.pixel_steps_bc}
+    return {"diffusion": args.steps_diffusion, "consistency": args.steps_consistency, "bc": args.steps_bc}
+
+
+def bench_success(args, root: Path, results: dict, obs: str = "state") -> dict:
+    """Train every method on each task's demonstrations and evaluate it on the same seeds, with fresh
+    sampler noise per chunk and (where the sampler draws noise) with zero noise, as deployed."""
+    cfgs, steps = configs(args, obs), budgets(args, obs)
     policies = {}
     rows = []
     for task in args.tasks:
-        ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise)), None, 2, 16)
-        diff, md = train(DiffusionPolicy, ds, cfgs["diffusion"], args.steps_diffusion, args.seed)
-        diff0, md0 = train(DiffusionPolicy, ds, cfgs["diffusion_x0"], args.steps_diffusion, args.seed)
-        cons, mc = train(ConsistencyPolicy, ds, cfgs["consistency"], args.steps_consistency, args.seed)
-        bc, mb = train(BCPolicy, ds, cfgs["bc"], args.steps_bc, args.seed)
-        policies[task] = {"diffusion": diff, "consistency": cons, "bc": bc}
+        n_obs = cfgs["diffusion"]["n_obs_steps"]
+        ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise, obs)), None, n_obs, 16)
+        diff0, md0 = train(DiffusionPolicy, ds, cfgs["diffusion_x0"], steps["diffusion"], args.seed)
+        cons, mc = train(ConsistencyPolicy, ds, cfgs["consistency"], steps["consistency"], args.seed)
+        bc, mb = train(BCPolicy, ds, cfgs["bc"], steps["bc"], args.seed)
+        policies[task] = {"diffusion": diff0, "consistency": cons, "bc": bc}
         ct = f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''})"
-        entries = [("diffusion (eps, spec)", "DDIM-10", 10, diff, md, {}),
-                   ("diffusion (x0-pred)", "DDIM-10", 10, diff0, md0, {}),
-                   (ct, "1 step", 1, cons, mc, {"num_inference_steps": 1}),
-                   (ct, "3 steps", 3, cons, mc, {"num_inference_steps": 3}),
-                   ("Gaussian BC (MSE)", "mean", 1, bc, mb, {})]
+        entries = []
+        if obs == "state" and not args.no_epsilon:  # Chi et al.'s epsilon prediction, for reference
+            diff, md = train(DiffusionPolicy, ds, cfgs["diffusion"], steps["diffusion"], args.seed)
+            entries.append(("diffusion (eps)", "DDIM-10", 10, diff, md, {}))
+        entries += [("diffusion (x0-pred)", "DDPM-100", 100, diff0, md0, {"eta": 1.0, "num_inference_steps": 100}),
+                    ("diffusion (x0-pred)", "DDIM-10", 10, diff0, md0, {}),
+                    (ct, "1 step", 1, cons, mc, {"num_inference_steps": 1}),
+                    (ct, "3 steps", 3, cons, mc, {"num_inference_steps": 3})]
         if args.distill:
             cd, mcd = train(ConsistencyPolicy, ds, {**cfgs["consistency"], "cd_stride": 10},
-                            args.steps_consistency, args.seed, teacher=diff)
-            entries += [("consistency (CD)", "1 step", 1, cd, mcd, {"num_inference_steps": 1}),
-                        ("consistency (CD)", "3 steps", 3, cd, mcd, {"num_inference_steps": 3})]
+                            steps["consistency"], args.seed, teacher=diff0)
+            entries += [("consistency (CD from x0-pred)", "1 step", 1, cd, mcd, {"num_inference_steps": 1}),
+                        ("consistency (CD from x0-pred)", "3 steps", 3, cd, mcd, {"num_inference_steps": 3})]
+        entries.append(("Gaussian BC (MSE)", "mean", 1, bc, mb, {}))
         for name, sampler, nfe, pol, m, setting in entries:
+            saved = {k: getattr(pol.config, k) for k in setting}
             for k, v in setting.items():
                 setattr(pol.config, k, v)
             r = evaluate(pol, task, args.eval_seeds)
-            rows.append({"task": task, "policy": name, "sampler": sampler, "nfe": nfe, **r,
-                         "train_steps": m["steps"], "train_s": m["wall_s"]})
-            log(f"  {task} {name} {sampler}: {r['success_rate']:.0%}")
-        cons.config.num_inference_steps = 1
-    print(f"\n### 1. Success over {args.eval_seeds} seeds, {args.demos} demos (noise {args.noise}), state obs, "
+            row = {"task": task, "obs": obs, "policy": name, "sampler": sampler, "nfe": nfe, **r,
+                   "train_steps": m["steps"], "train_s": m["wall_s"]}
+            if not isinstance(pol, BCPolicy) and not setting.get("eta"):  # DDPM stays stochastic by design
+                row["zero_noise_success_rate"] = evaluate(pol, task, args.eval_seeds, zero_noise=True)["success_rate"]
+            rows.append(row)
+            zero = row.get("zero_noise_success_rate")
+            log(f"  {task} {obs} {name} {sampler}: {r['success_rate']:.0%}"
+                + (f", zero noise {zero:.0%}" if zero is not None else ""))
+            for k, v in saved.items():
+                setattr(pol.config, k, v)
+    print(f"\n### 1. Success over {args.eval_seeds} seeds, {args.demos} demos (noise {args.noise}), {obs} obs, "
           f"{args.denoiser} denoiser\n")
-    print("| task | policy | sampler | NFE | success | mean steps | ms / chunk | train steps | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| task | policy | sampler | NFE | success, fresh noise | success, zero noise (as exported) | mean steps "
+          "| ms / chunk | train steps | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        zero = r.get("zero_noise_success_rate")
         print(f"| {r['task']} | {r['policy']} | {r['sampler']} | {r['nfe']} | {r['successes']}/{r['episodes']} "
-              f"({r['success_rate']:.0%}) | {r['mean_steps']:.1f} | {r['mean_infer_ms']:.1f} | {r['train_steps']} "
-              f"| {r['train_s']:.0f} |")
+              f"({r['success_rate']:.0%}) | {'-' if zero is None else f'{zero:.0%}'} | {r['mean_steps']:.1f} "
+              f"| {r['mean_infer_ms']:.1f} | {r['train_steps']} | {r['train_s']:.0f} |")
     sys.stdout.flush()
-    results["success"] = rows
+    results[f"success_{obs}"] = rows
     return policies
 
 
@@ -206,7 +240,7 @@ def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
     task = "pickcube"
     if task not in policies:
         ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise)), None, 2, 16)
-        diff, _ = train(DiffusionPolicy, ds, configs(args)["diffusion"], args.steps_diffusion, args.seed)
+        diff, _ = train(DiffusionPolicy, ds, configs(args)["diffusion_x0"], args.steps_diffusion, args.seed)
         cons, _ = train(ConsistencyPolicy, ds, configs(args)["consistency"], args.steps_consistency, args.seed)
         policies[task] = {"diffusion": diff, "consistency": cons}
     rows = []
@@ -279,10 +313,19 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.1, help="expert action noise of the demonstrations")
     p.add_argument("--eval-seeds", type=int, default=50)
     p.add_argument("--denoiser", default="mlp", choices=("mlp", "unet"))
+    p.add_argument("--mlp-hidden", type=int, nargs="+", default=[512, 512, 512],
+                   help="MLP denoiser widths for tables 1, 3 and 4 (the config default; table 2 uses 256 x 3)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every training budget")
-    p.add_argument("--steps-diffusion", type=int, default=6000)
-    p.add_argument("--steps-consistency", type=int, default=4000)
-    p.add_argument("--steps-bc", type=int, default=3000)
+    p.add_argument("--steps-diffusion", type=int, default=20000)
+    p.add_argument("--steps-consistency", type=int, default=20000)
+    p.add_argument("--steps-bc", type=int, default=10000)
+    p.add_argument("--obs", nargs="+", default=["state"], choices=("state", "pixels"),
+                   help="observations of table 1; pixels (front + wrist 128 px + proprioception, no object "
+                        "state) take ~1 h per task on 2 CPU cores")
+    p.add_argument("--pixel-steps-diffusion", type=int, default=3000)
+    p.add_argument("--pixel-steps-consistency", type=int, default=3000)
+    p.add_argument("--pixel-steps-bc", type=int, default=2000)
+    p.add_argument("--no-epsilon", action="store_true", help="table 1 without the epsilon-prediction diffusion row")
     p.add_argument("--steps-modes", type=int, default=6000, help="Avoid: diffusion (eps) steps; x0-pred and BC "
                    "get a third, consistency two thirds")
     p.add_argument("--ct-dsm", type=float, default=1.0, help="consistency training: weight of the auxiliary "
@@ -301,7 +344,9 @@ def main() -> None:
     if args.quick:
         args.demos, args.eval_seeds, args.latency_calls = 20, 5, 20
         args.steps_diffusion = args.steps_consistency = args.steps_bc = args.steps_modes = 200
-    for name in ("steps_diffusion", "steps_consistency", "steps_bc", "steps_modes"):
+        args.pixel_steps_diffusion = args.pixel_steps_consistency = args.pixel_steps_bc = 20
+    for name in ("steps_diffusion", "steps_consistency", "steps_bc", "steps_modes", "pixel_steps_diffusion",
+                 "pixel_steps_consistency", "pixel_steps_bc"):
         setattr(args, name, max(1, int(getattr(args, name) * args.scale)))
     torch.set_num_threads(1)
     root = Path(args.out)
@@ -310,7 +355,10 @@ def main() -> None:
     start = time.perf_counter()
     policies: dict = {}
     if "success" in args.only:
-        policies = bench_success(args, root, results)
+        for obs in args.obs:
+            found = bench_success(args, root, results, obs)
+            if obs == "state" or not policies:
+                policies = found  # SGAC (table 3) perturbs the state policies when there are any
     if "latency" in args.only:
         bench_latency(args, root, results)
     if "sgac" in args.only:

@@ -374,6 +374,17 @@ def test_deploy_module_goes_through_the_onnx_exporter_and_runtime(tmp_path, algo
     onnx_policy = OnnxPolicy(tmp_path / f"{algo}.onnx")
     action = onnx_policy.act({"x": np.array([1.0, 2.0], np.float32)})
     assert action.shape == (2,) and onnx_policy.spec.horizon == 8 and onnx_policy.spec.n_action_steps == 4
+    # the torch policy evaluated with zero noise acts as the exported file does; fresh noise differs
+    onnx_policy.reset()
+    torch_zero, torch_fresh = runtime_policy(policy, zero_noise=True), runtime_policy(policy)
+    policy.seed(0)
+    obs = [{"x": np.array([1.0 + 0.1 * i, 2.0 - 0.2 * i], np.float32)} for i in range(6)]
+    a_onnx = np.array([onnx_policy.act(o) for o in obs])
+    a_zero = np.array([torch_zero.act(o) for o in obs])
+    a_fresh = np.array([torch_fresh.act(o) for o in obs])
+    np.testing.assert_allclose(a_zero, a_onnx, atol=1e-5)
+    if algo != "bc":
+        assert np.abs(a_fresh - a_onnx).max() > 1e-3
 
 
 def test_pixel_policy_trains_and_augments_each_window_with_one_shift():

@@ -886,9 +886,12 @@ def obs_mode_for(policy: ImitationPolicy, task: str) -> str:
 _RUNTIME_CLASS: list[type] = []
 
 
-def runtime_policy(policy: ImitationPolicy, adaptive_tau: float | None = None, control_hz: float = 10.0):
+def runtime_policy(policy: ImitationPolicy, adaptive_tau: float | None = None, control_hz: float = 10.0,
+                   zero_noise: bool = False):
     """Wrap a torch imitation policy in ``serl_ctrl.runtime.policy.Policy`` (history stacking,
-    chunk queue, adaptive chunking), the same runtime the ONNX policies run in."""
+    chunk queue, adaptive chunking), the same runtime the ONNX policies run in. With
+    ``zero_noise`` every chunk starts from zero sampler noise, as the exported graph does
+    (``DeployModule``); otherwise from fresh draws of the policy's generator."""
     from serl_ctrl.runtime.policy import Policy
     from serl_ctrl.runtime.spec import ObsField, PolicySpec
 
@@ -896,14 +899,17 @@ def runtime_policy(policy: ImitationPolicy, adaptive_tau: float | None = None, c
         class TorchChunkPolicy(Policy):
             """Runs an ``ImitationPolicy`` in-process (torch) behind the runtime interface."""
 
-            def __init__(self, model: ImitationPolicy, spec: PolicySpec, tau: float | None) -> None:
+            def __init__(self, model: ImitationPolicy, spec: PolicySpec, tau: float | None,
+                         zero_noise: bool = False) -> None:
                 super().__init__(spec, tau)
                 self.model = model
+                self.zero_noise = zero_noise
 
             def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
                 if self.spec.n_obs_steps == 1:
                     obs = {k: v[:, None] for k, v in obs.items()}
-                return self.model.predict_chunk(obs)[0].numpy()
+                noise = torch.zeros(self.model.noise_shape(1)) if self.zero_noise else None
+                return self.model.predict_chunk(obs, noise)[0].numpy()
 
         _RUNTIME_CLASS.append(TorchChunkPolicy)
     spec = PolicySpec(
@@ -919,19 +925,20 @@ def runtime_policy(policy: ImitationPolicy, adaptive_tau: float | None = None, c
         horizon=policy.horizon,
         n_action_steps=policy.n_action_steps,
     )
-    return _RUNTIME_CLASS[0](policy, spec, adaptive_tau)
+    return _RUNTIME_CLASS[0](policy, spec, adaptive_tau, zero_noise)
 
 
 def rollout_success(policy: ImitationPolicy, task: str, backend: str = "mujoco", episodes: int = 50,
                     seed: int = 0, *, adaptive_tau: float | None = None, obs_mode: str | None = None,
                     perturb: Callable[[Any, int, np.random.Generator], bool] | None = None,
                     max_steps: int | None = None, progress: Callable | None = None,
-                    env_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    env_kwargs: Mapping[str, Any] | None = None, zero_noise: bool = False) -> dict[str, Any]:
     """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes.
 
     Episode ``i`` resets the env with ``seed + i`` and reseeds the policy's noise with the same
     number. Actions come from the runtime's chunk queue (``n_action_steps`` of each chunk; with
-    ``adaptive_tau``, SGAC's adaptive chunking). ``perturb(env, step, rng)`` is called before
+    ``adaptive_tau``, SGAC's adaptive chunking). ``zero_noise`` samples every chunk from zero
+    noise, as the exported policy does (a DDPM sampler still draws its per-step noise). ``perturb(env, step, rng)`` is called before
     every step and may move objects (it returns True when it did). Tasks that report extra
     per-episode facts (``task.episode_summary()``, e.g. collisions of ``avoid``) have them
     averaged into the result.
@@ -940,7 +947,7 @@ def rollout_success(policy: ImitationPolicy, task: str, backend: str = "mujoco",
 
     mode = obs_mode or obs_mode_for(policy, task)
     env = make_env(task, backend=backend, obs=mode, **dict(env_kwargs or {}))
-    runner = runtime_policy(policy, adaptive_tau, control_hz=env.unwrapped.control_hz)
+    runner = runtime_policy(policy, adaptive_tau, control_hz=env.unwrapped.control_hz, zero_noise=zero_noise)
     limit = max_steps or env.spec.max_episode_steps
     bar = progress(total=episodes, desc=f"eval {policy.algo} {task}") if progress else None
     records = []
