@@ -61,7 +61,7 @@ def configs(args, obs: str = "state") -> dict[str, dict]:
         common.update(PIXEL_SETTINGS)
     net = {"denoiser": args.denoiser, "mlp_hidden": tuple(args.mlp_hidden), "down_dims": (64, 128, 256)}
     return {
-        "diffusion": {**common, **net, "num_inference_steps": 10},  # epsilon prediction, Min-SNR-5 (defaults)
+        "diffusion": {**common, **net, "num_inference_steps": 10, "prediction_type": "epsilon"},  # Chi et al., Min-SNR-5
         "diffusion_x0": {**common, **net, "num_inference_steps": 10, "prediction_type": "sample"},
         "consistency": {**common, **net, "mode": "ct", "dsm_weight": args.ct_dsm},
         "bc": {**common, "hidden_dims": (256, 256, 256), "loss": "mse"},
