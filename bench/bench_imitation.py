@@ -15,14 +15,14 @@
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
    collisions and which side was taken.
 
-    python bench/bench_imitation.py --only success        # table 1, state: ~40 min on 2 cores
-    python bench/bench_imitation.py --only success --obs pixels --no-epsilon   # pixels: ~45 min per task
+    python bench/bench_imitation.py --only success        # table 1, state: ~31 min (one core busy)
+    python bench/bench_imitation.py --only success --obs pixels --no-epsilon   # pixels: ~38 min per task
     python bench/bench_imitation.py --only latency sgac modes
     python bench/bench_imitation.py --quick               # a smoke run (~3 min), numbers meaningless
 
 Evaluation seeds start at 1000 (demonstrations use 0..N-1). With 50 seeds a success rate near 70 %
-has a binomial standard error of ~6.5 points. ``--json`` prints every result as one JSON line at the end. Timings depend on the machine's
-load: the load average is printed with them.
+has a binomial standard error of ~6.5 points. ``--json`` prints every result as one JSON line at the
+end. Timings depend on the machine's load: the load average is printed with them.
 """
 
 from __future__ import annotations

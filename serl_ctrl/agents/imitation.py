@@ -938,8 +938,9 @@ def rollout_success(policy: ImitationPolicy, task: str, backend: str = "mujoco",
     Episode ``i`` resets the env with ``seed + i`` and reseeds the policy's noise with the same
     number. Actions come from the runtime's chunk queue (``n_action_steps`` of each chunk; with
     ``adaptive_tau``, SGAC's adaptive chunking). ``zero_noise`` samples every chunk from zero
-    noise, as the exported policy does (a DDPM sampler still draws its per-step noise). ``perturb(env, step, rng)`` is called before
-    every step and may move objects (it returns True when it did). Tasks that report extra
+    noise, as the exported policy does (a DDPM sampler still draws its per-step noise).
+    ``perturb(env, step, rng)`` is called before every step and may move objects (it returns True
+    when it did). Tasks that report extra
     per-episode facts (``task.episode_summary()``, e.g. collisions of ``avoid``) have them
     averaged into the result.
     """

@@ -37,10 +37,13 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
     (``instruction_embedding``) and evaluated with the task's scripted expert naming the instructions
     (:func:`serl_ctrl.language.hierarchy.expert_instruction_success`); the instructions it learned go
     into the spec's ``extra`` (``serl-ctrl run --planner`` reads them)."""
-    if export and algo == "diffusion" and float((overrides or {}).get("eta", 0.0)) > 0:
-        # refuse before training rather than after: exported samplers are deterministic
-        raise ConfigError(f"eta={overrides['eta']}: policy.onnx holds a deterministic DDIM sampler; "
-                          "train with eta=0 (the default) or pass --no-export")
+    if export and algo == "diffusion":  # refuse before training, not after: exported samplers are deterministic
+        from .diffusion import DiffusionConfig
+
+        eta = DiffusionConfig.from_dict(dict(overrides or {})).eta
+        if eta > 0:
+            raise ConfigError(f"eta={eta}: policy.onnx holds a deterministic DDIM sampler; "
+                              "train with eta=0 (the default) or pass --no-export")
     trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress,
                               language=language, device=device)
     return finish_run(algo, trained, out, demos, task=task, backend=backend, eval_episodes=eval_episodes,
