@@ -3,6 +3,8 @@
 Issue #3's benchmarks 1-3, side by side in one run on this machine:
 
 * ``ours``        SAC + RLPD choices (``SACConfig`` defaults) with ``--demos`` scripted demos,
+* ``ours-float32`` ``ours`` with ``sac.dtype=float32`` (the default, ``auto``, runs bf16 autocast
+                  where the CPU multiplies bf16 natively; not in the default ``--variants``),
 * ``ours-nodemo`` the same without demonstrations,
 * ``sb3``         Stable-Baselines3 SAC with its defaults (2 critics, UTD 1, no demos) on the
                   same environment (observations flattened), same budget and evaluation,
@@ -36,7 +38,8 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-VARIANTS = ("ours", "ours-nodemo", "sb3")
+VARIANTS = ("ours", "ours-float32", "ours-nodemo", "sb3")
+DEFAULT_VARIANTS = ("ours", "ours-nodemo", "sb3")
 EVAL_SEED = 10_000
 
 
@@ -45,13 +48,13 @@ def _to_90(rows: list[dict]) -> tuple[int | None, float | None]:
     return (hit["env_steps"], hit["wall_s"]) if hit else (None, None)
 
 
-def run_ours(args, seed: int, demos: str | None, out: Path) -> list[dict]:
+def run_ours(args, seed: int, demos: str | None, out: Path, extra: tuple = ()) -> list[dict]:
     from serl_ctrl.agents.train_sac import RunConfig, train_sac
 
     cfg = RunConfig.load(None, {"task": args.task, "obs": "state", "reward": args.reward, "steps": args.steps,
                                 "seed": seed, "demos": demos, "eval_every": args.eval_every,
                                 "eval_episodes": args.eval_episodes, "checkpoint_every": args.steps},
-                         list(args.set))
+                         [*args.set, *extra])
     train_sac(cfg, out, export=False, stop_at=0.9 if args.stop_at_90 else None)
     import csv
 
@@ -103,7 +106,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {"ours": "tab:blue", "ours-nodemo": "tab:green", "sb3": "tab:red"}
+    colors = {"ours": "tab:blue", "ours-float32": "tab:purple", "ours-nodemo": "tab:green", "sb3": "tab:red"}
     for (variant, seed), rows in curves.items():
         ax.plot([r["env_steps"] for r in rows], [r["success_rate"] for r in rows], color=colors.get(variant),
                 alpha=0.8, label=variant if seed == min(s for v, s in curves if v == variant) else None)
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
     p.add_argument("--demos", type=int, default=20, help="scripted demonstrations for 'ours'")
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--set", action="append", default=[], help="sac.field=value for ours (repeatable)")
     p.add_argument("--stop-at-90", action="store_true", help="stop a run at its first evaluation >= 90%%")
     p.add_argument("--out", default="runs/bench_sac")
@@ -161,7 +164,8 @@ def main(argv=None) -> int:
             if variant == "sb3":
                 rows = run_sb3(args, seed)
             else:
-                rows = run_ours(args, seed, str(demo_dir) if variant == "ours" else None, run_dir)
+                rows = run_ours(args, seed, None if variant == "ours-nodemo" else str(demo_dir), run_dir,
+                                ("sac.dtype=float32",) if variant == "ours-float32" else ())
             curves[(variant, seed)] = rows
             (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
 

@@ -167,8 +167,12 @@ def bench_default(threads, seconds: float, device: str) -> None:
     256x256, batch 256, UTD 4: four critic updates then one actor + temperature update per env
     step, compiled) next to SB3 SAC's gradient steps/s (2 critics, one critic + actor update
     each). Rows alternate over 3 rounds and the median is kept: a shared VM drifts by +-15%."""
-    print(f"== default SACConfig (UTD {SACConfig().utd}, compile={SACConfig().compile}) on {device}: "
-          f"critic updates/s; SB3: gradient steps/s (median of 3 alternating rounds)", flush=True)
+    from serl_ctrl.agents.sac import resolve_dtype
+
+    default_dtype = resolve_dtype(SACConfig().dtype, torch.device(device))
+    print(f"== default SACConfig (UTD {SACConfig().utd}, compile={SACConfig().compile}, dtype="
+          f"{SACConfig().dtype} = {default_dtype} here) on {device}: critic updates/s; SB3: gradient "
+          f"steps/s (median of 3 alternating rounds)", flush=True)
     results: dict = {}
     for th in threads:
         torch.set_num_threads(th)
@@ -191,7 +195,8 @@ def bench_default(threads, seconds: float, device: str) -> None:
     if sb3:
         for dtype in ("float32", "bf16-autocast"):
             ours = best[f"serl_ctrl default, {dtype}"]
-            print(f"ratio ours ({dtype}) / SB3, best thread count each: {ours / sb3:.2f}x "
+            tag = ", the default here" if dtype == default_dtype else ""
+            print(f"ratio ours ({dtype}{tag}) / SB3, best thread count each: {ours / sb3:.2f}x "
                   f"(goal >= 1.0x)", flush=True)
 
 

@@ -99,9 +99,10 @@ def test_double_dqn_target_on_a_hand_built_case():
 
 def test_agent_grasp_loss_uses_online_argmax_and_target_value():
     """The agent's loss is (Q(s, c) - [r_g + gamma Q_t(s', argmax_c' Q(s', c'))])^2, recomputed
-    here by hand from the two critics' outputs, with their weights made to disagree."""
+    here by hand from the two critics' outputs, with their weights made to disagree. In float32:
+    the hand computation runs the critics outside autocast."""
     env = GripperPointEnv()
-    agent = SACAgent(env.observation_space, env.action_space, tiny_cfg(), seed=0)
+    agent = SACAgent(env.observation_space, env.action_space, tiny_cfg(dtype="float32"), seed=0)
     with torch.no_grad():
         for p in agent.target_grasp_critic.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))

@@ -34,10 +34,21 @@ Defaults and why:
   makes the default config's critic updates ~1.25x faster on this project's 2-core Xeon
   (``bench/bench_sac_updates.py``) for a few seconds at the first update. It falls back to eager
   (with a warning) where torch.compile cannot build, e.g. without a C++ compiler.
-* ``dtype="float32"``: bf16 autocast (``bf16-autocast``, or ``auto`` = bf16 where the device
-  multiplies bf16 natively) runs compiled updates another ~2x faster on AMX CPUs, but learned
-  worse: Pendulum returns after 2,500 steps over seeds 0-2 were -733/-707/-383 with bf16 vs
-  -483/-223/-221 in float32 (both compiled). Output layers stay float32 in bf16 mode.
+* ``dtype="auto"``: bf16 autocast where the device multiplies bf16 natively (CPUs with AMX or
+  AVX512-BF16, CUDA GPUs with bf16), float32 elsewhere. Hidden layers run in bf16; output layers
+  (the Q heads, the actor's mean and log-std), parameters and optimiser state stay float32. On
+  this project's 2-core AMX Xeon it makes compiled updates ~2x faster, which is what lets 10
+  critics keep pace with SB3's 2 (issue 3, benchmark 4). With the default networks it learned
+  as well as float32: PickCube state (``bench/bench_sac_learning.py``, seeds 0-2) reached 90% at
+  8,000 / 3,000 / 4,000 env steps (float32: 3,000 / 5,000 / 5,000) in a median 3.0 minutes
+  instead of 7.3; Pendulum (``train_sac``, 2,500 steps, seeds 0-4) ended at
+  -110/-115/-123/-110/-121 against -111/-114/-109/-111/-143. Not so with small critics: 64x64
+  with learning rates 1e-3 and temperature 1 (the Pendulum test's config) ended at
+  -802/-483/-221/-333/-934 against -224/-328/-221/-221/-223 in float32. Keeping either hidden
+  layer, the target or the actor in float32 did not fix it; the online critic's bf16 hidden
+  layers did it. So measure before shrinking the networks in bf16, or set ``dtype="float32"``,
+  which keeps full precision everywhere; ``bf16-autocast`` forces bf16 (emulated, and slower,
+  without hardware support).
 * ``gripper_critic=False``: off keeps plain SAC over the whole action. On, as HIL-SERL:
   ``grasp_penalty=0.02`` per gripper change (HIL-SERL's value, for rewards of O(1) per episode
   step or less) and greedy gripper choices while training (``grasp_epsilon=0``; exploration comes
@@ -142,7 +153,7 @@ class SACConfig:
     normalize_state: bool = _f(True, "scale state features to zero mean and unit std (std floored "
                                "at 0.01) with statistics fitted once, at the first update, on the "
                                "demo and online data, then frozen and saved inside the policy")
-    dtype: str = _f("float32", "compute precision: 'float32', 'bf16-autocast' (bfloat16 "
+    dtype: str = _f("auto", "compute precision: 'float32', 'bf16-autocast' (bfloat16 "
                     "autocast of hidden layers; output layers, params and optimizer stay "
                     "float32) or 'auto' (bf16-autocast where the device multiplies bf16 "
                     "natively, else float32)", choices=("auto", "float32", "bf16-autocast"))
