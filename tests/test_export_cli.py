@@ -19,7 +19,8 @@ from serl_ctrl.export.onnx_export import export_onnx
 from serl_ctrl.runtime import load_policy
 from serl_ctrl.runtime.onnx_policy import OnnxPolicy, file_sha256
 from serl_ctrl.runtime.sampler import ddim_chunk
-from serl_ctrl.runtime.spec import INSTRUCTION_DIM, INSTRUCTION_KEY, SAMPLE_INPUT, TIMESTEP_INPUT
+from serl_ctrl.runtime.spec import (INSTRUCTION_DIM, INSTRUCTION_KEY, SAMPLE_INPUT, SCHEMA_VERSION, TIMESTEP_INPUT,
+                                    PolicySpec)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,7 +102,7 @@ def test_runtime_sampler_gives_the_unrolled_graphs_chunk(tmp_path, capsys, demos
         chunks[sampler] = [policy.predict_chunk(obs_at(s)) for s in range(4)]
     np.testing.assert_allclose(chunks["runtime"], chunks["graph"], atol=1e-5)
     spec = OnnxPolicy(tmp_path / "runtime.onnx").spec
-    assert spec.schema_version == 2 and spec.sampler.steps == 10 and spec.sampler.timesteps[0] == 99
+    assert spec.schema_version == SCHEMA_VERSION and spec.sampler.steps == 10 and spec.sampler.timesteps[0] == 99
     assert {i.name for i in OnnxPolicy(tmp_path / "runtime.onnx").session.get_inputs()} == {"x", SAMPLE_INPUT,
                                                                                              TIMESTEP_INPUT}
     # The robot side runs the NumPy sampler without torch or training code.
@@ -147,7 +148,7 @@ def test_runtime_sampler_draws_fresh_noise_when_seeded(tmp_path, capsys):
     np.testing.assert_array_equal(first, b.predict_chunk(obs_at(0)))  # seeded: reproducible
     assert not np.allclose(first, a.predict_chunk(obs_at(0)))          # but fresh per chunk
     assert export(capsys, str(tmp_path / "run"), "-o", str(tmp_path / "g.onnx"))[0] == 0
-    with pytest.raises(ValueError, match="--sampler runtime"):
+    with pytest.raises(ValueError, match="--sampler runtime or --sampler graph-noise"):
         OnnxPolicy(tmp_path / "g.onnx", sampler_seed=1)
 
 
@@ -161,6 +162,68 @@ def test_consistency_exports_one_or_k_steps(tmp_path, capsys):
         code, result = export(capsys, str(tmp_path / "run"), "-o", str(out), "--steps", k, "--check")
         assert code == 0 and result["sampler_steps"] == int(k) and result["max_abs_diff"] <= 1e-5
         assert json.loads(out.with_suffix(".json").read_text())["sampler"] == "graph"
+
+
+@pytest.mark.parametrize("algo, noise_names, config", [
+    ("consistency", ["noise_0", "noise_1", "noise_2"], {}),
+    ("diffusion", ["noise"], {"prediction_type": "sample"}),
+])
+def test_graph_noise_export_takes_the_samplers_noise_from_the_runtime(tmp_path, capsys, algo, noise_names, config):
+    """``--sampler graph-noise``: the unrolled sampler with its noise as graph inputs. Without a seed
+    the runtime feeds zeros (the default export's chunk); with one, fresh seeded noise per chunk."""
+    save_policy(tmp_path / "run", algo, {**TINY_SAMPLER, "num_inference_steps": 3, **config})
+    for sampler in ("graph", "graph-noise"):
+        code, result = export(capsys, str(tmp_path / "run"), "-o", str(tmp_path / f"{sampler}.onnx"),
+                              "--sampler", sampler, "--check")
+        assert code == 0 and result["sampler"] == sampler and result["max_abs_diff"] <= 1e-5, result
+    path = tmp_path / "graph-noise.onnx"
+    spec = OnnxPolicy(path).spec
+    assert spec.noise_inputs == {name: (8, 2) for name in noise_names}
+    assert [i.name for i in OnnxPolicy(path).session.get_inputs()] == ["x", *noise_names]
+    assert PolicySpec.from_json(spec.to_json()) == spec
+    assert json.loads(path.with_suffix(".json").read_text())["sampler"] == "graph-noise"
+    # No seed: zeros, the same actions as the default export.
+    zeros, default = OnnxPolicy(path), OnnxPolicy(tmp_path / "graph.onnx")
+    expected = [default.predict_chunk(obs_at(s)) for s in range(4)]
+    np.testing.assert_allclose([zeros.predict_chunk(obs_at(s)) for s in range(4)], expected, atol=1e-5)
+    # A seed: fresh standard-normal noise per chunk, reproducible.
+    a, b = load_policy(path, sampler_seed=1), OnnxPolicy(path, sampler_seed=1)
+    first = a.predict_chunk(obs_at(0))
+    np.testing.assert_array_equal(first, b.predict_chunk(obs_at(0)))
+    assert not np.allclose(first, expected[0], atol=1e-3)           # not zeros
+    assert not np.allclose(first, a.predict_chunk(obs_at(0)))        # fresh per chunk
+    draws = np.random.default_rng(1)
+    feeds = {"x": np.zeros((1, 2, 2), np.float32)}
+    feeds.update({n: draws.standard_normal((1, 8, 2), dtype=np.float32) for n in noise_names})
+    c = OnnxPolicy(path, sampler_seed=1)
+    c.predict_chunk({"x": np.zeros(2, np.float32)})  # history of two zero frames
+    got = c.predict_chunk({"x": np.zeros(2, np.float32)})
+    # the second chunk used the second draw from default_rng(1): compare with feeding it by hand
+    feeds.update({n: draws.standard_normal((1, 8, 2), dtype=np.float32) for n in noise_names})
+    want = OnnxPolicy(path).session.run(None, feeds)[0][0]
+    np.testing.assert_allclose(got, np.clip(want, spec.action_low, spec.action_high), atol=1e-6)
+    # The default file has no noise to draw, also through `serl-ctrl eval --sampler-seed`.
+    with pytest.raises(ValueError, match="graph.onnx: sampler_seed applies to .*--sampler graph-noise"):
+        OnnxPolicy(tmp_path / "graph.onnx", sampler_seed=1)
+    assert cli.main(["eval", "--policy", str(tmp_path / "graph.onnx"), "--sampler-seed", "1", "--json"]) != 0
+    assert "sampler_seed applies to" in capsys.readouterr().err
+
+
+def test_graph_noise_file_whose_spec_lacks_the_noise_inputs_fails_at_load(tmp_path, capsys):
+    import onnx
+
+    save_policy(tmp_path / "run", "consistency", {**TINY_SAMPLER, "num_inference_steps": 1})
+    path = tmp_path / "p.onnx"
+    assert export(capsys, str(tmp_path / "run"), "-o", str(path), "--sampler", "graph-noise")[0] == 0
+    model = onnx.load(str(path))
+    for entry in model.metadata_props:
+        if entry.key == "serl_ctrl":
+            d = json.loads(entry.value)
+            del d["noise_inputs"]
+            entry.value = json.dumps(d)
+    onnx.save(model, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(ValueError, match="stripped.onnx: graph inputs .*'noise_0'.* do not match the spec"):
+        OnnxPolicy(tmp_path / "stripped.onnx")
 
 
 # ----------------------------------------------------------------------------- language

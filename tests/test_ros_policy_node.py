@@ -321,6 +321,26 @@ def test_configure_fails_with_the_reason(ros_domain, capfd):
         h.close()
 
 
+def test_sampler_seed_reaches_the_real_loader(ros_domain, capfd):
+    """``sampler_seed`` goes to ``load_policy``: the shipped consistency file (default export, zero
+    noise in the graph) is refused with the reason while a seed is set, and loads without one."""
+    from serl_ctrl.ros.policy_node import PolicyNode
+
+    h = RosHarness(ros_domain)
+    try:
+        node = PolicyNode(context=h.context, parameter_overrides=_params(
+            policy="pickcube_consistency_state", sampler_seed=3))
+        h.add_node(node)
+        assert not _change_state(h, "configure")
+        wait_for(lambda: "sampler_seed applies to" in capfd.readouterr().err, 5, "the reason in the log")
+        node.set_parameters(_params(sampler_seed=-1))
+        assert _change_state(h, "configure")
+        assert node.policy is not None and node.policy.spec.task == "pickcube"
+        assert _change_state(h, "cleanup")
+    finally:
+        h.close()
+
+
 def test_policy_node_process_reports_a_missing_policy(ros_domain):
     """The executable with the real loader (serl_ctrl.runtime.load_policy): a clear error."""
     proc = NodeProcess("policy_node", ros_domain, {"policy": "no_such_policy_xyz", "autostart": True})

@@ -118,6 +118,37 @@ def test_unsupported_schema_version(exported, tmp_path):
         OnnxPolicy(future)
 
 
+@pytest.mark.parametrize("noise_inputs, sampler, message", [
+    ({"state": (8, 4)}, False, r"noise_inputs: input name 'state'"),
+    ({"noise_0": (8, 0)}, False, r"noise_inputs: shape of 'noise_0'"),
+    ({"noise_0": [8, 4]}, False, r"noise_inputs: shape of 'noise_0'"),
+    ({"noise_0": (8.0, 4)}, False, r"noise_inputs: shape of 'noise_0'"),
+    ({"noise_0": (8, 4)}, True, r"noise_inputs: a runtime-sampler graph"),
+])
+def test_bad_noise_inputs_are_rejected_naming_the_field(noise_inputs, sampler, message):
+    from serl_ctrl.runtime.spec import SamplerSpec
+
+    ddim = SamplerSpec(timesteps=(9,), alphas_cumprod=(0.5,), prediction_type="epsilon", clip_sample=True,
+                       action_scale=(1.0,) * 4, action_offset=(0.0,) * 4) if sampler else None
+    with pytest.raises(ValueError, match=message):
+        PolicySpec(**{**make_spec(horizon=8).__dict__, "noise_inputs": noise_inputs, "sampler": ddim})
+
+
+def test_noise_inputs_round_trip_and_bad_json_names_the_field():
+    spec = PolicySpec(**{**make_spec(horizon=8).__dict__, "noise_inputs": {"noise_0": (8, 4)}})
+    assert spec.graph_inputs()["noise_0"] == ((1, 8, 4), "float32")
+    assert list(spec.graph_inputs()) == ["state", "cam", "noise_0"]
+    assert PolicySpec.from_json(spec.to_json()) == spec
+    assert "noise_inputs" not in json.loads(make_spec().to_json())  # only files that take noise carry it
+    d = json.loads(spec.to_json())
+    for bad, message in [({"noise_0": 8}, "noise_inputs must map input names to shape lists"),
+                         ({"noise_0": [8, -1]}, "noise_inputs: shape of 'noise_0'")]:
+        with pytest.raises(ValueError, match=f"p.onnx: malformed policy spec \\({message}"):
+            PolicySpec.from_json(json.dumps({**d, "noise_inputs": bad}), where="p.onnx")
+    with pytest.raises(ValueError, match="a version 2 spec has no noise_inputs"):
+        PolicySpec.from_json(json.dumps({**d, "schema_version": 2}), where="p.onnx")
+
+
 def test_unsupported_opset(exported, tmp_path):
     import onnx
 

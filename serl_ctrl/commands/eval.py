@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=20, help="number of episodes (default: 20)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
     parser.add_argument("--adaptive-tau", type=float, help="adaptive chunking threshold for chunked policies")
+    parser.add_argument("--sampler-seed", type=int, help="files exported with --sampler runtime or graph-noise: "
+                        "fresh sampler noise per chunk from this seed (default: zeros, as the robot by default)")
     parser.add_argument("--video", help="write the first episode to this .mp4 or .gif")
 
 
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> dict:
     from ..runtime.evaluate import evaluate, make_eval_env
     from ..utils.progress import progress
 
-    policy = load_policy(resolve_policy_path(args.policy), threads=args.threads, adaptive_tau=args.adaptive_tau)
+    policy = load_policy(resolve_policy_path(args.policy), threads=args.threads, adaptive_tau=args.adaptive_tau,
+                         sampler_seed=args.sampler_seed)
     env = make_eval_env(policy, args.task, args.env_id, args.backend, render=bool(args.video))
     frames: list = []
     try:

@@ -10,7 +10,9 @@ outputs), or the export fails.
 A graph whose spec has a ``sampler`` (a diffusion denoiser the runtime samples around) takes the
 sampler's inputs too (``noisy_action``, ``timestep``; see ``PolicySpec.graph_inputs``): the module
 then maps that whole dict to the denoiser's output, and the parity samples draw those inputs at
-random (timesteps from the sampler's own).
+random (timesteps from the sampler's own). A graph whose spec has ``noise_inputs`` (an unrolled
+sampler whose noise the runtime feeds, ``--sampler graph-noise``) is compared the same way, on
+random standard-normal noise inputs.
 """
 
 from __future__ import annotations
@@ -107,13 +109,20 @@ def recorded_observations(spec: PolicySpec, episodes: Sequence, n: int = 16) -> 
 def graph_feeds(spec: PolicySpec, observations: Sequence[dict[str, np.ndarray]],
                 seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Every graph input for each observation: the observations themselves, plus for a
-    runtime-sampler graph a random noisy chunk and one of the sampler's timesteps."""
-    if spec.sampler is None:
-        return [dict(obs) for obs in observations]
+    runtime-sampler graph a random noisy chunk and one of the sampler's timesteps, and for a graph
+    with noise inputs random standard-normal noise."""
     rng = np.random.default_rng(seed)
     shapes = spec.graph_inputs()
-    return [{**obs, SAMPLE_INPUT: rng.normal(0, 1, shapes[SAMPLE_INPUT][0]).astype(np.float32),
-             TIMESTEP_INPUT: np.array([rng.choice(spec.sampler.timesteps)], np.float32)} for obs in observations]
+    out = []
+    for obs in observations:
+        feeds = dict(obs)
+        if spec.sampler is not None:
+            feeds[SAMPLE_INPUT] = rng.normal(0, 1, shapes[SAMPLE_INPUT][0]).astype(np.float32)
+            feeds[TIMESTEP_INPUT] = np.array([rng.choice(spec.sampler.timesteps)], np.float32)
+        for name in spec.noise_inputs:
+            feeds[name] = rng.normal(0, 1, shapes[name][0]).astype(np.float32)
+        out.append(feeds)
+    return out
 
 
 def git_commit() -> str | None:

@@ -124,6 +124,10 @@ POLICY_NODE: tuple[Param, ...] = (
           "in the background and swaps it in between two ticks.", read_only=False),
     Param("rate_hz", 10.0, "Control rate (timer on the ROS clock). Should equal the policy's "
           "control_hz: a policy acts in position steps per tick.", 10.0, 50.0),
+    Param("sampler_seed", -1, "Files exported with --sampler runtime or graph-noise: draw fresh "
+          "Gaussian sampler noise per action chunk from this seed (multimodal demonstrations need it); "
+          "-1 feeds zeros, the noise's mode, as the default export. Other files refuse a seed. Read at "
+          "every policy load (configure, or a new 'policy').", -1, 2**31 - 1, read_only=False),
     Param("trigger", "timer", "What starts a control tick: 'timer' (every 1/rate_hz on the ROS clock) or "
           "'inputs' (as soon as every state topic carries the same stamp, at most once per 1/rate_hz of "
           "stamp time: one wake-up less, ~0.5 ms less latency, ticks locked to the arm's updates; no "

@@ -66,11 +66,11 @@ CLOCK_MISMATCH_S = 1e5  # an input this old means sim-time stamps read on a wall
 INSTRUCTION_KEY = "instruction_embedding"  # serl_ctrl.language.conditioning.INSTRUCTION_KEY
 
 
-def default_loader(name_or_path: str):
+def default_loader(name_or_path: str, sampler_seed: int | None = None):
     """``serl_ctrl.runtime.load_policy`` (imported when first needed)."""
     from ..runtime import load_policy
 
-    return load_policy(name_or_path)
+    return load_policy(name_or_path, sampler_seed=sampler_seed)
 
 
 def _percentiles(values) -> tuple[float, float]:
@@ -86,7 +86,7 @@ class PolicyNode(LifecycleNode):
     def __init__(self, loader: Callable[[str], Any] | None = None, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
         self.params = declare(self, POLICY_NODE)
-        self.loader = loader or default_loader
+        self.loader = loader or self._load_file
         self.add_on_set_parameters_callback(on_set_validator(POLICY_NODE, self, self._on_params))
         self.policy = None
         self.policy_name = ""
@@ -142,6 +142,10 @@ class PolicyNode(LifecycleNode):
         self._obs_ms: deque[float] = deque(maxlen=2000)
 
     # --- policy loading -------------------------------------------------------------------------------
+
+    def _load_file(self, name: str):
+        seed = int(self.get_parameter("sampler_seed").value)  # current value, also for hot swaps
+        return default_loader(name, sampler_seed=None if seed < 0 else seed)
 
     def _load(self, name: str):
         policy = self.loader(name)
