@@ -13,7 +13,8 @@
 3. **SGAC under perturbation** (PickCube; the cube jumps 5-7 cm sideways when the open gripper is
    about to grasp it): success with and without self-guidance and adaptive chunking.
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
-   collisions and which side was taken.
+   collisions and which side was taken; consistency with and without the denoising term, at 1 and
+   3 steps; noise-drawing samplers with fresh and with zero noise (the deployed default).
 
     python bench/bench_imitation.py --only success        # table 1, state: ~31 min (one core busy)
     python bench/bench_imitation.py --only success --obs pixels --no-epsilon   # pixels: ~38 min per task
@@ -278,30 +279,48 @@ def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
 
 
 def bench_modes(args, root: Path, results: dict) -> None:
+    """Avoid: does each policy keep both ways round the pillar? Noise-drawing samplers are also run
+    with zero noise, as ``serl-ctrl export`` deploys them: from the centre of a symmetric noise
+    distribution a sampler may land between two symmetric modes. With ``--ct-dsm > 0`` pure
+    consistency training is added, since the denoising term pulls 1-step samples toward the mean."""
     task = "avoid"
     ds = ChunkDataset(load_episodes(demos(task, args.demos, root, 0.0)), None, 2, 16)
     cfgs = configs(args)
-    rows = []
-    for name, cls, cfg, steps, setting in [
-        ("diffusion (eps) DDIM-10", DiffusionPolicy, cfgs["diffusion"], args.steps_modes, {}),
-        ("diffusion (x0-pred) DDIM-10", DiffusionPolicy, cfgs["diffusion_x0"], args.steps_modes // 3, {}),
+    entries = [
+        ("diffusion (eps) DDIM-10", DiffusionPolicy, cfgs["diffusion"], args.steps_modes),
+        ("diffusion (x0-pred) DDIM-10", DiffusionPolicy, cfgs["diffusion_x0"], args.steps_modes // 3),
         (f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''}) 1 step", ConsistencyPolicy,
-         cfgs["consistency"], args.steps_modes * 2 // 3, {}),
-        ("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1), {}),
-    ]:
+         cfgs["consistency"], args.steps_modes * 2 // 3),
+    ]
+    if args.ct_dsm:
+        entries.append(("consistency (CT) 1 step", ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
+                        args.steps_modes * 2 // 3))
+    entries.append(("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1)))
+    rows = []
+    for name, cls, cfg, steps in entries:
         pol, m = train(cls, ds, cfg, steps, args.seed)
-        r = rollout_success(pol, task, episodes=args.eval_seeds, seed=1000)
-        sides = r.pop("records")
-        left = sum(1 for s in sides if s.get("side") == 1)
-        right = sum(1 for s in sides if s.get("side") == -1)
-        rows.append({"policy": name, **r, "left": left, "right": right})
-        log(f"  avoid {name}: {r['success_rate']:.0%}, collisions {r['mean_collided']:.0%}, L/R {left}/{right}")
+        for n_steps in ((1, 3) if cls is ConsistencyPolicy else (None,)):
+            if n_steps is not None:
+                pol.config.num_inference_steps = n_steps
+                name = name.replace(" 1 step", "").replace(" 3 steps", "") + (" 1 step" if n_steps == 1
+                                                                              else f" {n_steps} steps")
+            for zero in ((False, True) if cls is not BCPolicy else (False,)):
+                r = rollout_success(pol, task, episodes=args.eval_seeds, seed=1000, zero_noise=zero)
+                sides = r.pop("records")
+                left = sum(1 for s in sides if s.get("side") == 1)
+                right = sum(1 for s in sides if s.get("side") == -1)
+                noise = "-" if cls is BCPolicy else ("zero (as exported)" if zero else "fresh")
+                rows.append({"policy": name, "noise": noise, "train_steps": steps, **r, "left": left,
+                             "right": right})
+                log(f"  avoid {name} ({noise}): {r['success_rate']:.0%}, collisions {r['mean_collided']:.0%}, "
+                    f"L/R {left}/{right}")
     print(f"\n### 4. Multimodality on Avoid ({args.demos} demos, the expert passes left or right by a coin flip), "
           f"{args.eval_seeds} seeds\n")
-    print("| policy | success | collisions | passed left | passed right |")
-    print("|---|---|---|---|---|")
+    print("| policy | noise | train steps | success | collisions | passed left | passed right |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['policy']} | {r['success_rate']:.0%} | {r['mean_collided']:.0%} | {r['left']} | {r['right']} |")
+        print(f"| {r['policy']} | {r['noise']} | {r['train_steps']} | {r['success_rate']:.0%} | "
+              f"{r['mean_collided']:.0%} | {r['left']} | {r['right']} |")
     sys.stdout.flush()
     results["modes"] = rows
 
