@@ -289,21 +289,21 @@ def bench_modes(args, root: Path, results: dict) -> None:
     entries = [
         ("diffusion (eps) DDIM-10", DiffusionPolicy, cfgs["diffusion"], args.steps_modes),
         ("diffusion (x0-pred) DDIM-10", DiffusionPolicy, cfgs["diffusion_x0"], args.steps_modes // 3),
-        (f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''}) 1 step", ConsistencyPolicy,
+        (f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''})", ConsistencyPolicy,
          cfgs["consistency"], args.steps_modes * 2 // 3),
     ]
     if args.ct_dsm:
-        entries.append(("consistency (CT) 1 step", ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
+        entries.append(("consistency (CT)", ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
                         args.steps_modes * 2 // 3))
     entries.append(("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1)))
     rows = []
-    for name, cls, cfg, steps in entries:
+    for base, cls, cfg, steps in entries:
         pol, m = train(cls, ds, cfg, steps, args.seed)
         for n_steps in ((1, 3) if cls is ConsistencyPolicy else (None,)):
+            name = base
             if n_steps is not None:
                 pol.config.num_inference_steps = n_steps
-                name = name.replace(" 1 step", "").replace(" 3 steps", "") + (" 1 step" if n_steps == 1
-                                                                              else f" {n_steps} steps")
+                name = f"{base} {n_steps} step{'s' if n_steps > 1 else ''}"
             for zero in ((False, True) if cls is not BCPolicy else (False,)):
                 r = rollout_success(pol, task, episodes=args.eval_seeds, seed=1000, zero_noise=zero)
                 sides = r.pop("records")
