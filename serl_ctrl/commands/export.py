@@ -5,10 +5,9 @@ unrolled in the graph, or ``--sampler runtime``: the denoiser alone, sampled by 
 consistency (``--steps`` 1 or k), Gaussian BC. Diffusion and consistency unroll their sampler with
 zero noise by default; ``--sampler graph-noise`` keeps the noise as graph inputs so the runtime can
 feed fresh seeded noise per chunk (``OnnxPolicy(..., sampler_seed=S)``, ``serl-ctrl eval
---sampler-seed``, the policy node's ``sampler_seed``), which multimodal demonstrations need (Avoid,
-3-step consistency: 94-96% success with fresh noise, 68-70% with zeros). A policy with an
-``instruction_embedding`` observation takes the instruction as one more input. The work lives in
-``serl_ctrl.export``.
+--sampler-seed``, the policy node's ``sampler_seed``), which multimodal demonstrations need (see
+``serl_ctrl.export.sources``). A policy with an ``instruction_embedding`` observation takes the
+instruction as one more input. The work lives in ``serl_ctrl.export``.
 """
 
 from __future__ import annotations

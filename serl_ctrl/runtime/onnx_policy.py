@@ -86,10 +86,9 @@ class OnnxPolicy(Policy):
             inputs, ``spec.noise_inputs``): draw fresh standard-normal noise per chunk from
             ``np.random.default_rng(sampler_seed)``. None (default) feeds zeros, the noise
             distribution's mode, as the default graphs have built in: deterministic, and the same
-            chunk as the default export. Fresh noise keeps multimodal demonstrations multimodal:
-            on Avoid (pass a pillar left or right) a 3-step consistency policy succeeds 94-96%
-            with fresh noise per chunk and 68-70% with zeros (1 step: 62% vs 20-34%). Other files
-            have no noise to draw and refuse a seed.
+            chunk as the default export. Fresh noise keeps multimodal demonstrations multimodal
+            (measured in :mod:`serl_ctrl.export.sources`). Other files have no noise to draw and
+            refuse a seed.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, verify_card: bool = True,

@@ -110,8 +110,7 @@ class PolicySpec:
     ``noise_inputs`` (schema 3) names the graph's noise inputs with their shapes for ONE sample (no
     batch axis), in graph order after the observations: an unrolled sampler (diffusion DDIM,
     consistency) whose noise the runtime feeds, standard normal per chunk or zeros (the mode).
-    Fresh noise matters for multimodal demonstrations: on Avoid (pass a pillar left or right) a
-    3-step consistency policy succeeds 94-96% with fresh noise per chunk, 68-70% with zeros.
+    Fresh noise matters for multimodal demonstrations (measured in :mod:`serl_ctrl.export.sources`).
     """
 
     obs: dict[str, ObsField]
