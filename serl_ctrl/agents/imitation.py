@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import time
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -715,7 +716,9 @@ class EMA:
 
 def train_policy(policy: ImitationPolicy, dataset: ChunkDataset, steps: int | None = None, *, seed: int = 0,
                  progress: Callable | None = None, log_every: int = 100,
-                 callback: Callable[[int, dict], None] | None = None, device: str = "cpu") -> dict[str, Any]:
+                 callback: Callable[[int, dict], None] | None = None, device: str = "cpu",
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
+                 resume: bool = False) -> dict[str, Any]:
     """Train ``policy`` on ``dataset`` for ``steps`` gradient steps; on return it holds the EMA weights.
 
     AdamW (betas 0.95, 0.999), linear warm-up then cosine decay, gradient clipping, EMA.
@@ -723,17 +726,65 @@ def train_policy(policy: ImitationPolicy, dataset: ChunkDataset, steps: int | No
     are untouched, and they live on the CPU whatever the device, so a GPU run draws the same
     minibatches), so a run is reproducible on the same machine and thread count. ``device``
     (``auto``, ``cpu``, ``cuda``): where the updates run; the policy is back on the CPU on return.
-    ``progress`` is a factory like ``serl_ctrl.utils.progress.progress``. Returns metrics."""
+    ``progress`` is a factory like ``serl_ctrl.utils.progress.progress``. Returns metrics.
+
+    ``checkpoint_every`` > 0 writes a checkpoint (:mod:`serl_ctrl.agents.checkpoint`: atomic,
+    no pickle) to ``checkpoint_dir`` every that many steps: weights, EMA, optimiser, learning-rate
+    schedule, a distillation target, both generators and the loss history. ``resume`` continues
+    from the newest one there, and the run ends exactly as an uninterrupted one would (same
+    machine and thread count); a checkpoint of another config or step budget is refused."""
     dev = resolve_device(device)
     policy.to(dev)
     try:
         return _train_policy(policy, dataset, steps, seed=seed, progress=progress, log_every=log_every,
-                             callback=callback)
+                             callback=callback, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                             resume=resume)
     finally:
         policy.cpu()
 
 
-def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback) -> dict[str, Any]:
+class TrainingState:
+    """Everything an imitation run needs to continue (``state_dict`` / ``load_state_dict`` in the form
+    :func:`serl_ctrl.agents.checkpoint.save_checkpoint` stores)."""
+
+    def __init__(self, policy: ImitationPolicy, opt, sched, ema: EMA | None, gen: torch.Generator,
+                 rng: np.random.Generator) -> None:
+        self.policy, self.opt, self.sched, self.ema, self.gen, self.rng = policy, opt, sched, ema, gen, rng
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.recent: list[float] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        d = {"policy": self.policy.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+             "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state, "step": self.step,
+             "history": self.history, "recent": self.recent}
+        if self.ema is not None:
+            d["ema"] = self.ema.model.state_dict()
+        target = self.policy._aux.get("target")
+        if target is not None:  # consistency distillation's EMA target (not part of the policy's weights)
+            d["target"] = target.state_dict()
+        return d
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step = int(state["step"])
+        self.history = [dict(r) for r in state["history"]]
+        self.recent = [float(x) for x in state["recent"]]
+        if self.ema is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        if "target" in state:
+            target = self.policy._target_net()  # built on first use; a resumed run builds it here
+            target.load_state_dict(state["target"])
+
+
+def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback, checkpoint_dir=None,
+                  checkpoint_every=0, resume=False) -> dict[str, Any]:
+    from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+
     cfg = policy.config
     steps = cfg.train_steps if steps is None else int(steps)
     gen = torch.Generator().manual_seed(seed)
@@ -749,13 +800,30 @@ def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay) if cfg.ema_max_decay > 0 else None
-    bar = progress(total=steps, desc=f"train {policy.algo}") if progress else None
-    history: list[dict[str, float]] = []
-    recent: list[float] = []
+    state = TrainingState(policy, opt, sched, ema, gen, rng)
+    run_id = json.loads(json.dumps({"algo": policy.algo, "steps": steps, "seed": seed,
+                                    "config": policy.config.to_dict()}, default=str))  # as the JSON holds it
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if (checkpoint_every or resume) and checkpoint_dir is None:
+        raise ValueError("checkpoint_every and resume need a checkpoint_dir")
+    if resume:
+        path = latest_checkpoint(checkpoint_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir}")
+        saved = json.loads(path.read_text(encoding="utf-8")).get("extra", {})
+        if saved != run_id:
+            diff = sorted(k for k in set(saved) | set(run_id) if saved.get(k) != run_id.get(k))
+            raise CheckpointError(f"{path}: written by a run with other {', '.join(diff)}; resume with the same "
+                                  "settings, or train into a new --out")
+        load_checkpoint(path, state, restore_global_rng=False)
+    history, recent = state.history, state.recent
+    bar = progress(total=steps, desc=f"train {policy.algo}", **({"initial": state.step} if state.step else {})) \
+        if progress else None
     policy.train()
     start = time.perf_counter()
     try:
-        for step in range(steps):
+        for step in range(state.step, steps):
             batch = policy.batch_to_torch(dataset.sample(cfg.batch_size, rng), gen, augment=True)
             loss, info = policy.compute_loss(batch, gen, step=step, total_steps=steps)
             opt.zero_grad(set_to_none=True)
@@ -773,11 +841,14 @@ def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 row = {"step": step + 1, "loss": float(np.mean(recent)), "lr": sched.get_last_lr()[0], **info}
                 history.append(row)
-                recent = []
+                recent.clear()
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if callback is not None:
                     callback(step + 1, row)
+            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                state.step = step + 1
+                save_checkpoint(checkpoint_dir, state, step=step + 1, extra=run_id)
     finally:
         if bar is not None:
             bar.close()
@@ -800,7 +871,7 @@ def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback
 def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
                     overrides: Mapping[str, Any] | None = None, steps: int | None = None, seed: int = 0,
                     progress: Callable | None = None, language: bool = False,
-                    device: str = "cpu") -> dict[str, Any]:
+                    device: str = "cpu", checkpoint_every: int = 0, resume: bool = False) -> dict[str, Any]:
     """Train an imitation policy on the episodes in ``demos_dir``; write it to ``out_dir``.
 
     Args:
@@ -816,13 +887,23 @@ def train_imitation(algo: str, demos_dir: str | Path, out_dir: str | Path,
             ``instruction_embedding`` (the MiniLM embedding of ``episode.instructions[t]``,
             :mod:`serl_ctrl.language.conditioning`) is added to every step, and the policy's
             metadata lists the instructions it was trained on (``metadata["instructions"]``).
+        checkpoint_every: gradient steps between checkpoints in ``out_dir/ckpt`` (0: none);
+            ``resume`` continues from the newest (see :func:`train_policy`).
 
     Returns ``{"metrics": {...}, "checkpoint": "<out_dir>/model.safetensors"}``; the folder also
     holds ``model.json`` (config, shapes, normaliser-free description) and ``metrics.json``.
     """
+    from .checkpoint import latest_checkpoint
+
+    ckpt = Path(out_dir) / "ckpt"
+    if not resume and latest_checkpoint(ckpt) is not None:
+        raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
     policy, dataset = build_imitation(algo, demos_dir, overrides, seed=seed, language=language)
-    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress, device=device)
-    return save_trained(policy, out_dir, algo, metrics)
+    metrics = train_policy(policy, dataset, steps, seed=seed, progress=progress, device=device,
+                           checkpoint_dir=ckpt, checkpoint_every=checkpoint_every, resume=resume)
+    saved = save_trained(policy, out_dir, algo, metrics)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the model is written: nothing left to resume
+    return saved
 
 
 def build_imitation(algo: str, demos_dir: str | Path, overrides: Mapping[str, Any] | None = None, *,

@@ -32,11 +32,13 @@ def deploy_spec(policy: ImitationPolicy, task: str | None, extra: Mapping[str, A
 def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = None, backend: str = "mujoco",
                   steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
                   eval_episodes: int = 20, progress: Callable | None = None, command: str | None = None,
-                  export: bool = True, language: bool = False, device: str = "auto") -> dict:
+                  export: bool = True, language: bool = False, device: str = "auto", checkpoint_every: int = 0,
+                  resume: bool = False) -> dict:
     """Train, evaluate, export. With ``language``, the policy is conditioned on the instruction labels
     (``instruction_embedding``) and evaluated with the task's scripted expert naming the instructions
     (:func:`serl_ctrl.language.hierarchy.expert_instruction_success`); the instructions it learned go
-    into the spec's ``extra`` (``serl-ctrl run --planner`` reads them)."""
+    into the spec's ``extra`` (``serl-ctrl run --planner`` reads them). ``checkpoint_every`` /
+    ``resume``: checkpoints in ``out/ckpt`` every that many gradient steps, and continuing from them."""
     if export and algo == "diffusion":  # refuse before training, not after: exported samplers are deterministic
         from .diffusion import DiffusionConfig
 
@@ -45,7 +47,7 @@ def run_imitation(algo: str, demos: str, out: str | Path, task: str | None = Non
             raise ConfigError(f"eta={eta}: policy.onnx holds a deterministic DDIM sampler; "
                               "train with eta=0 (the default) or pass --no-export")
     trained = train_imitation(algo, demos, out, overrides, steps=steps, seed=seed, progress=progress,
-                              language=language, device=device)
+                              language=language, device=device, checkpoint_every=checkpoint_every, resume=resume)
     return finish_run(algo, trained, out, demos, task=task, backend=backend, eval_episodes=eval_episodes,
                       progress=progress, command=command, export=export, language=language)
 

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int, help="env steps between evaluations (default: 2000; "
                         "consistency-ac: online env steps, default 1000)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
-    parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000)")
+    parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000; "
+                        "diffusion, consistency, bc: gradient steps, 0 = none)")
     parser.add_argument("--intervention", help="'expert': a scripted human takes over when the arm strays")
     parser.add_argument("--reward-classifier", metavar="PATH",
                         help="train on a learned reward: a classifier from serl-ctrl reward-classifier --out "
@@ -76,9 +77,12 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
 
     if not args.demos:
         raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
-    if args.env_id or args.resume or args.intervention or args.reward_classifier or args.stop_at is not None:
-        raise ValueError(f"--env, --resume, --intervention, --reward-classifier and --stop-at apply to --algo sac only, "
+    if args.env_id or args.intervention or args.reward_classifier or args.stop_at is not None:
+        raise ValueError(f"--env, --intervention, --reward-classifier and --stop-at apply to --algo sac only, "
                          f"not {args.algo}")
+    if args.algo == "consistency-ac" and (args.resume or args.checkpoint_every):
+        raise ValueError("--resume and --checkpoint-every apply to sac, diffusion, consistency and bc, "
+                         "not consistency-ac (its online phase is not checkpointed)")
     overrides = {}
     for item in args.overrides:
         key, sep, raw = item.partition("=")
@@ -103,4 +107,6 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
     return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
                          steps=args.steps, seed=args.seed, overrides=overrides,
                          eval_episodes=args.eval_episodes or 20, progress=progress, command=command,
-                         export=not args.no_export, language=args.language, device=args.device or "auto")
+                         export=not args.no_export, language=args.language, device=args.device or "auto",
+                         checkpoint_every=5000 if args.checkpoint_every is None else args.checkpoint_every,
+                         resume=args.resume)
