@@ -3,6 +3,7 @@ and the command end to end (train, export, eval)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -148,3 +149,48 @@ def test_offline_and_online_phases_run_on_cuda_and_leave_a_cpu_policy(reach_demo
     policy = load_policy(r["checkpoint"])
     assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in policy.state_dict().values()
                if t.is_floating_point())
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_run_killed_online_resumes_to_the_same_actor(reach_demos, tmp_path, monkeypatch):
+    """Checkpoints every 20 offline updates and at episode ends online; the run dies as its third
+    online episode ends (step 150), resumes from the checkpoint at step 100 (taken after that step's
+    evaluation had moved the actor's noise generator) and ends with the actor, evaluation rows and
+    online episodes of a run that was never interrupted."""
+    settings = {**TINY, "online_steps": 160, "eval_every": 50}
+    kw = dict(steps=30, seed=0, eval_episodes=1, device="cpu")
+    whole = train_consistency_ac(reach_demos, tmp_path / "whole", settings, **kw)
+
+    original = OnlineFinetuner._add_episode
+
+    def dies_on_the_third(self, episode, write=True):
+        if len(self.online_episodes) == 2:
+            raise _Killed
+        original(self, episode, write)
+
+    monkeypatch.setattr(OnlineFinetuner, "_add_episode", dies_on_the_third)
+    run = tmp_path / "killed"
+    with pytest.raises(_Killed):
+        train_consistency_ac(reach_demos, run, settings, checkpoint_every=20, **kw)
+    monkeypatch.setattr(OnlineFinetuner, "_add_episode", original)
+    assert sorted(p.name for p in (run / "ckpt").glob("ckpt_*.json"))[-1] == "ckpt_000000130.json"  # 30 + 100
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_consistency_ac(reach_demos, run, settings, checkpoint_every=20, **kw)
+    with pytest.raises(Exception, match="seed"):
+        train_consistency_ac(reach_demos, run, settings, checkpoint_every=20, resume=True, **{**kw, "seed": 1})
+    resumed = train_consistency_ac(reach_demos, run, settings, checkpoint_every=20, resume=True, **kw)
+
+    a, b = load_policy(whole["checkpoint"]).state_dict(), load_policy(resumed["checkpoint"]).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    def rows(folder):
+        with open(folder / "metrics.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+
+    assert rows(run) == rows(tmp_path / "whole") and len(rows(run)) == 5  # env steps 0, 50, 100, 150, 160
+    assert resumed["metrics"]["updates"] == whole["metrics"]["updates"] == 30 + 160
+    assert resumed["metrics"]["critic_loss"] == whole["metrics"]["critic_loss"]
+    assert len(list((run / "online_episodes").glob("episode_*.npz"))) == 3 and not (run / "ckpt").exists()

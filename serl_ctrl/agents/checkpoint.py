@@ -37,7 +37,7 @@ import torch
 
 from serl_ctrl.agents.config import SACConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "read_checkpoint_config",
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "resume_run", "read_checkpoint_config",
            "read_actor_state", "CheckpointError"]
 
 FORMAT = "serl_ctrl.checkpoint"
@@ -268,6 +268,25 @@ def _with_defaults(saved: Mapping[str, Any]) -> Any:
         return SACConfig.from_dict(saved).to_dict()
     except ValueError:
         return saved
+
+
+def resume_run(directory: PathLike, obj: Any, run_id: Mapping[str, Any]) -> Dict[str, Any]:
+    """Load the newest checkpoint in ``directory`` into ``obj`` if it was written by the same run.
+
+    ``run_id`` is what decides "the same run" (algorithm, step budget, seed, config ...); it was
+    saved as the checkpoint's ``extra`` (``save_checkpoint(..., extra=run_id)``), and a checkpoint
+    whose ``extra`` differs is refused, naming the keys that differ. The global RNGs are left alone
+    (runs that resume this way draw from their own generators). Returns the metadata."""
+    p = latest_checkpoint(directory)
+    if p is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {directory}")
+    want = json.loads(json.dumps(dict(run_id), default=str))  # tuples -> lists, as the JSON holds them
+    saved = _read_meta(p).get("extra", {})
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise CheckpointError(f"{p}: written by a run with other {', '.join(diff)}; resume with the same settings, "
+                              "or train into a new --out")
+    return load_checkpoint(p, obj, restore_global_rng=False)
 
 
 def read_actor_state(path: PathLike) -> "tuple[Dict[str, torch.Tensor], Dict[str, Any]]":

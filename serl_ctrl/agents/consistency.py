@@ -44,7 +44,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -456,6 +456,21 @@ class ConsistencyAC:
                         st[k] = v.to(device)
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """Actor, critic, target critic, both optimisers and the update count (the form
+        :mod:`serl_ctrl.agents.checkpoint` stores)."""
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "target_critic": self.target_critic.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.updates = int(state["updates"])
+
     def _sample(self, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         z = torch.randn(self.actor.noise_shape(cond.shape[0]), generator=gen).to(cond.device)
         return multistep_sample(self.actor, cond, z, self.actor.sample_sigmas)[:, : self.k].reshape(cond.shape[0], -1)
@@ -495,22 +510,29 @@ class ConsistencyAC:
         return {"critic_loss": float(critic_loss.detach()), "bc_loss": float(bc_loss.detach()),
                 "q": float(q_pi.detach().mean())}
 
-    def train(self, dataset, steps: int, progress=None, total_steps: int | None = None) -> dict:
+    def train(self, dataset, steps: int, progress=None, total_steps: int | None = None, *, start: int = 0,
+              gen: torch.Generator | None = None, rng: np.random.Generator | None = None,
+              after_step: Callable[[int, dict], None] | None = None) -> dict:
         """Offline training on ``dataset`` (its TD fields are prepared here).
 
         ``total_steps``: the length of the whole run the consistency curriculum spreads over (default
-        ``steps``; an offline-to-online run passes its offline plus online updates)."""
+        ``steps``; an offline-to-online run passes its offline plus online updates). A resumed run
+        passes ``start`` (the steps done) and its restored generators ``gen`` / ``rng`` (default: fresh
+        ones seeded with the agent's seed); ``after_step(n, info)`` runs after each step (checkpoints)."""
         dataset.prepare_td(self.k, self.gamma)
-        gen = torch.Generator().manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
+        gen = torch.Generator().manual_seed(self.seed) if gen is None else gen
+        rng = np.random.default_rng(self.seed) if rng is None else rng
         total = steps if total_steps is None else max(int(total_steps), steps)
-        bar = progress(total=steps, desc="train consistency-ac") if progress else None
+        bar = progress(total=steps, desc="train consistency-ac", **({"initial": start} if start else {})) \
+            if progress else None
         self.actor.train()
         info: dict = {}
         try:
-            for step in range(steps):
+            for step in range(start, steps):
                 batch = self.actor.batch_to_torch(dataset.sample(self.actor.config.batch_size, rng), gen, augment=True)
                 info = self.update(batch, gen, step, total)
+                if after_step is not None:
+                    after_step(step + 1, info)
                 if bar is not None:
                     bar.update(1)
         finally:

@@ -18,8 +18,11 @@
    deployed), so ``serl-ctrl eval --policy RUN/policy.onnx`` runs it like any other policy.
 
 Run folder: ``model.{safetensors,json}`` (the actor), ``metrics.json``, and with an online phase
-``metrics.csv`` (one row per evaluation) and ``learning_curve.png``; then ``policy.onnx`` +
-``policy.json``.
+``metrics.csv`` (one row per evaluation), ``learning_curve.png`` and ``online_episodes/`` (every
+completed online episode, a demos folder); then ``policy.onnx`` + ``policy.json``. While it runs,
+``ckpt/`` holds checkpoints (``checkpoint_every`` offline updates apart, and online at the first
+episode end after every ``checkpoint_every`` env steps, where the env and the recorder start
+afresh); ``--resume`` continues from the newest to the same actor as an uninterrupted run.
 
 Settings (``--set field=value``): the fields of :class:`ConsistencyACConfig` below, and every
 :class:`~serl_ctrl.agents.consistency.ConsistencyConfig` field for the actor (``horizon``,
@@ -29,6 +32,7 @@ Settings (``--set field=value``): the fields of :class:`ConsistencyACConfig` bel
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 import typing
 from dataclasses import dataclass, fields
@@ -45,7 +49,7 @@ from .imitation_run import EVAL_SEED, finish_run
 
 ALGO = "consistency-ac"
 
-__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "mixed_batch",
+__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "RunState", "mixed_batch",
            "train_consistency_ac", "run_consistency_ac"]
 
 
@@ -159,7 +163,7 @@ class OnlineFinetuner:
 
     def __init__(self, agent: ConsistencyAC, demo: ChunkDataset, cfg: ConsistencyACConfig, task: str, *,
                  backend: str = "mujoco", seed: int = 0, eval_episodes: int = 20, total_updates: int | None = None,
-                 progress: Callable | None = None) -> None:
+                 progress: Callable | None = None, episodes_dir: str | Path | None = None) -> None:
         from ..envs import make_env
         from .imitation import obs_mode_for
 
@@ -180,6 +184,40 @@ class OnlineFinetuner:
         self.total_updates = total_updates
         self.gen = torch.Generator().manual_seed(self.seed + 1)
         self.rng = np.random.default_rng([self.seed, 1])
+        self.episodes_dir = Path(episodes_dir) if episodes_dir is not None else None
+        self.step = 0      # online env steps done
+        self.episode = 0   # index of the episode being collected
+        self._wall0 = 0.0  # seconds spent before a resume (evaluation rows count from the run's start)
+        self._policy_gen: torch.Tensor | None = None  # the actor's noise generator at the last checkpoint
+
+    # --- checkpoint form (only at episode boundaries: the env and the recorder start afresh there) --------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, evaluation rows and generators; the completed episodes are files in ``episodes_dir``."""
+        if self.episodes_dir is None:
+            raise ValueError("checkpointing the online phase needs episodes_dir (the online episodes are kept there)")
+        return {"step": self.step, "episode": self.episode, "n_episodes": len(self.online_episodes),
+                "rows": self.rows, "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
+                "policy_gen": self.agent.actor._gen.get_state(), "wall_s": self._wall0 + self._elapsed()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        from ..data.episodes import list_episodes, load_episode
+
+        n = int(state["n_episodes"])
+        paths = list_episodes(self.episodes_dir) if self.episodes_dir is not None and n else []
+        if len(paths) < n:
+            raise FileNotFoundError(f"{self.episodes_dir}: {len(paths)} online episodes, the checkpoint counts {n}")
+        self.online_episodes = []
+        for path in paths[:n]:
+            self._add_episode(load_episode(path), write=False)
+        self.step, self.episode = int(state["step"]), int(state["episode"])
+        self.rows = [dict(r) for r in state["rows"]]
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self._policy_gen = state["policy_gen"]
+        self._wall0 = float(state["wall_s"])
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._start if hasattr(self, "_start") else 0.0
 
     def _metadata(self, episode: int) -> dict[str, Any]:
         from ..data.episodes import make_metadata
@@ -193,53 +231,67 @@ class OnlineFinetuner:
     def _env_seed(self, episode: int) -> int:
         return self.seed * 1_000_003 + episode
 
-    def _add_episode(self, episode) -> None:
+    def _add_episode(self, episode, write: bool = True) -> None:
         policy = self.agent.actor
+        if write and self.episodes_dir is not None:
+            from ..data.episodes import episode_path, save_episode
+
+            self.episodes_dir.mkdir(parents=True, exist_ok=True)
+            save_episode(episode_path(self.episodes_dir, len(self.online_episodes)), episode)  # atomic
         self.online_episodes.append(episode)
         data = ChunkDataset(self.online_episodes, policy.obs_keys, policy.n_obs_steps, policy.horizon)
         data.prepare_td(self.agent.k, self.agent.gamma)
         self.online_data = data
 
-    def evaluate(self, env_steps: int, start: float, info: Mapping[str, float]) -> dict[str, Any]:
+    def evaluate(self, env_steps: int, info: Mapping[str, float]) -> dict[str, Any]:
         ev = rollout_success(self.agent.actor, self.task, self.backend, self.eval_episodes, seed=EVAL_SEED,
                              obs_mode=self.obs_mode)
         row = {"env_steps": env_steps, "updates": self.agent.updates, "success_rate": ev["success_rate"],
                "online_episodes": len(self.online_episodes),
                "online_transitions": sum(ep.length for ep in self.online_episodes),
-               "wall_s": round(time.perf_counter() - start, 2), **{k: float(v) for k, v in info.items()}}
+               "wall_s": round(self._wall0 + self._elapsed(), 2), **{k: float(v) for k, v in info.items()}}
         self.rows.append(row)
         return row
 
-    def run(self) -> dict[str, Any]:
+    def run(self, checkpoint: Callable[[], None] | None = None, checkpoint_every: int = 0) -> dict[str, Any]:
+        """Run (or, after ``load_state_dict``, continue) the online phase. ``checkpoint()`` is called at
+        the first episode boundary after every ``checkpoint_every`` env steps."""
         from ..data.episodes import EpisodeRecorder
 
         cfg, agent, policy = self.cfg, self.agent, self.agent.actor
-        total = self.total_updates or agent.updates + cfg.online_steps * cfg.utd
-        bar = self.progress(total=cfg.online_steps, desc=f"online {ALGO}") if self.progress else None
-        start = time.perf_counter()
+        total = self.total_updates or agent.updates + (cfg.online_steps - self.step) * cfg.utd
+        bar = self.progress(total=cfg.online_steps, desc=f"online {ALGO}",
+                            **({"initial": self.step} if self.step else {})) if self.progress else None
+        self._start = time.perf_counter()
         info: dict[str, float] = {}
-        self.evaluate(0, start, info)
-        episode = 0
-        recorder = EpisodeRecorder(self._metadata(episode))
+        if self.step == 0:
+            self.evaluate(0, info)
+        recorder = EpisodeRecorder(self._metadata(self.episode))
+        last_checkpoint = self.step
 
         def begin():
-            obs, _ = self.env.reset(seed=self._env_seed(episode))
-            policy.seed(self._env_seed(episode))  # the exploration noise of this episode's chunks
+            obs, _ = self.env.reset(seed=self._env_seed(self.episode))
+            policy.seed(self._env_seed(self.episode))  # the exploration noise of this episode's chunks
             self.runner.reset()
             recorder.reset(obs)
             return obs
 
         obs = begin()
+        if self._policy_gen is not None:  # resumed: evaluations since the episode began moved the generator
+            policy._gen.set_state(self._policy_gen)
+            self._policy_gen = None
         try:
-            for step in range(1, cfg.online_steps + 1):
+            while self.step < cfg.online_steps:
+                self.step += 1
                 policy.eval()
                 action = self.runner.act(obs)
                 obs, reward, terminated, truncated, step_info = self.env.step(action)
                 recorder.step(action, obs, float(reward), bool(terminated), bool(truncated), step_info)
-                if terminated or truncated:
+                ended = terminated or truncated
+                if ended:
                     self._add_episode(recorder.finish())
-                    episode += 1
-                    recorder = EpisodeRecorder(self._metadata(episode))
+                    self.episode += 1
+                    recorder = EpisodeRecorder(self._metadata(self.episode))
                     obs = begin()
                 policy.train()
                 for _ in range(cfg.utd):
@@ -248,12 +300,16 @@ class OnlineFinetuner:
                     batch = policy.batch_to_torch(raw, self.gen, augment=True)
                     info = agent.update(batch, self.gen, agent.updates, total)
                 policy.eval()
-                if step % cfg.eval_every == 0 or step == cfg.online_steps:
-                    row = self.evaluate(step, start, info)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.online_steps:
+                    row = self.evaluate(self.step, info)
                     if bar is not None:
                         bar.set_postfix(success=f"{row['success_rate']:.0%}", episodes=row["online_episodes"])
                 if bar is not None:
                     bar.update(1)
+                if (checkpoint is not None and checkpoint_every and ended and self.step < cfg.online_steps
+                        and self.step - last_checkpoint >= checkpoint_every):
+                    checkpoint()
+                    last_checkpoint = self.step
         finally:
             if bar is not None:
                 bar.close()
@@ -262,24 +318,67 @@ class OnlineFinetuner:
         return {"env_steps": cfg.online_steps, "online_episodes": last["online_episodes"],
                 "online_transitions": last["online_transitions"], "online_success_rate": last["success_rate"],
                 "offline_success_rate": self.rows[0]["success_rate"],
-                "online_wall_s": round(time.perf_counter() - start, 2)}
+                "online_wall_s": round(self._wall0 + self._elapsed(), 2)}
+
+
+class RunState:
+    """A Consistency-AC run in checkpoint form: the agent, the offline phase's generators and step,
+    and the online phase's state once it has begun (``save_checkpoint`` / ``resume_run``)."""
+
+    def __init__(self, agent: ConsistencyAC) -> None:
+        self.agent = agent
+        self.gen = torch.Generator().manual_seed(agent.seed)  # as ConsistencyAC.train seeds them
+        self.rng = np.random.default_rng(agent.seed)
+        self.offline_step = 0
+        self.offline_info: dict[str, float] = {}
+        self.tuner: OnlineFinetuner | None = None
+        self.online_state: Mapping[str, Any] | None = None  # loaded, applied when the tuner is built
+
+    def state_dict(self) -> dict[str, Any]:
+        d = {"agent": self.agent.state_dict(), "offline_step": self.offline_step, "offline_info": self.offline_info,
+             "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state}
+        if self.tuner is not None:
+            d["online"] = self.tuner.state_dict()
+        return d
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.offline_step = int(state["offline_step"])
+        self.offline_info = {k: float(v) for k, v in state["offline_info"].items()}
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self.online_state = state.get("online")
 
 
 def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[str, Any] | None = None, *,
                          task: str | None = None, backend: str = "mujoco", steps: int | None = None, seed: int = 0,
                          eval_episodes: int = 20, eval_every: int | None = None, device: str = "auto",
-                         progress: Callable | None = None) -> dict[str, Any]:
+                         progress: Callable | None = None, checkpoint_every: int = 0,
+                         resume: bool = False) -> dict[str, Any]:
     """Offline Consistency-AC on ``demos``, then (``online_steps > 0``) online fine-tuning on ``task``
     (default: the demos' task). Writes the actor to ``out/model`` and returns what
     ``train_imitation`` returns (``checkpoint``, ``metrics``), so ``finish_run`` exports it.
 
     ``steps``: offline updates (default: the actor config's ``train_steps``). ``device``: where the
     updates and the online inference run (``auto``, ``cpu``, ``cuda``); draws come from CPU
-    generators seeded by ``seed``, and the saved actor is CPU float32 either way."""
+    generators seeded by ``seed``, and the saved actor is CPU float32 either way.
+
+    ``checkpoint_every`` > 0 writes a checkpoint to ``out/ckpt`` every that many offline updates and,
+    online, at the first episode end after every that many env steps (completed online episodes are
+    kept in ``out/online_episodes``); ``resume`` continues from the newest, to the same actor as a
+    run that was never interrupted (same machine and thread count)."""
+    from .checkpoint import latest_checkpoint, resume_run, save_checkpoint
+
     data = dict(overrides or {})
     if eval_every is not None:
         data["eval_every"] = eval_every
     cfg, actor_overrides = split_overrides(data)
+    if checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    out = Path(out)
+    ckpt_dir, episodes_dir = out / "ckpt", out / "online_episodes"
+    if not resume and latest_checkpoint(ckpt_dir) is not None:
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     policy, dataset = build_imitation("consistency", demos, actor_overrides, seed=seed)
     assert isinstance(policy, ConsistencyPolicy)
     steps = policy.config.train_steps if steps is None else int(steps)
@@ -291,17 +390,38 @@ def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[
     agent = ConsistencyAC(policy, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
                           tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, critic_lr=cfg.critic_lr, seed=seed)
     total = steps + cfg.online_steps * cfg.utd
-    out = Path(out)
+    state = RunState(agent)
+    run_id = {"algo": ALGO, "steps": steps, "seed": seed, "task": task, "backend": backend,
+              "eval_episodes": eval_episodes, "config": cfg.to_dict(), "actor": policy.config.to_dict()}
+    if resume:
+        resume_run(ckpt_dir, state, run_id)
+    elif cfg.online_steps:
+        shutil.rmtree(episodes_dir, ignore_errors=True)  # episodes of an earlier run that never checkpointed
+
+    def save() -> None:
+        save_checkpoint(ckpt_dir, state, step=agent.updates, extra=run_id)
+
+    def after_offline_step(n: int, info: Mapping[str, float]) -> None:
+        state.offline_step, state.offline_info = n, {k: float(v) for k, v in info.items()}
+        if checkpoint_every and n % checkpoint_every == 0 and (n < steps or cfg.online_steps):
+            save()
+
     start = time.perf_counter()
     agent.to(resolve_device(device))
     try:
-        offline = agent.train(dataset, steps, progress=progress, total_steps=total)
+        offline = agent.train(dataset, steps, progress=progress, total_steps=total, start=state.offline_step,
+                              gen=state.gen, rng=state.rng, after_step=after_offline_step)
+        offline = {"steps": steps, **state.offline_info}  # the last offline update's, resumed or not
         offline_wall = time.perf_counter() - start
         online: dict[str, Any] = {}
         if cfg.online_steps:
             tuner = OnlineFinetuner(agent, dataset, cfg, task, backend=backend, seed=seed,
-                                    eval_episodes=eval_episodes, total_updates=total, progress=progress)
-            online = tuner.run()
+                                    eval_episodes=eval_episodes, total_updates=total, progress=progress,
+                                    episodes_dir=episodes_dir)
+            if state.online_state is not None:
+                tuner.load_state_dict(state.online_state)
+            state.tuner = tuner
+            online = tuner.run(checkpoint=save if checkpoint_every else None, checkpoint_every=checkpoint_every)
             out.mkdir(parents=True, exist_ok=True)
             _write_csv(out / "metrics.csv", tuner.rows)
             from .train_sac import plot_learning_curve
@@ -315,17 +435,20 @@ def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[
                "offline_wall_s": round(offline_wall, 2), "wall_s": round(time.perf_counter() - start, 2),
                "n_samples": len(dataset), "n_episodes": dataset.n_episodes, "seed": seed, "config": cfg.to_dict()}
     policy.metadata["consistency_ac"] = {**cfg.to_dict(), "offline_steps": steps}
-    return save_trained(policy, out, ALGO, metrics)
+    saved = save_trained(policy, out, ALGO, metrics)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the actor is written: nothing left to resume
+    return saved
 
 
 def run_consistency_ac(demos: str | Path, out: str | Path, *, task: str | None = None, backend: str = "mujoco",
                        steps: int | None = None, seed: int = 0, overrides: Mapping[str, Any] | None = None,
                        eval_episodes: int = 20, eval_every: int | None = None, progress: Callable | None = None,
-                       command: str | None = None, export: bool = True, device: str = "auto") -> dict:
+                       command: str | None = None, export: bool = True, device: str = "auto",
+                       checkpoint_every: int = 0, resume: bool = False) -> dict:
     """Train (offline, then online), evaluate and export: ``serl-ctrl train --algo consistency-ac``."""
     trained = train_consistency_ac(demos, out, overrides, task=task, backend=backend, steps=steps, seed=seed,
                                    eval_episodes=eval_episodes, eval_every=eval_every, device=device,
-                                   progress=progress)
+                                   progress=progress, checkpoint_every=checkpoint_every, resume=resume)
     m = trained["metrics"]
     return finish_run(ALGO, trained, out, demos, task=task, backend=backend, eval_episodes=eval_episodes,
                       progress=progress, command=command, export=export,

@@ -783,7 +783,7 @@ class TrainingState:
 
 def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback, checkpoint_dir=None,
                   checkpoint_every=0, resume=False) -> dict[str, Any]:
-    from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+    from .checkpoint import resume_run, save_checkpoint
 
     cfg = policy.config
     steps = cfg.train_steps if steps is None else int(steps)
@@ -801,22 +801,13 @@ def _train_policy(policy, dataset, steps, *, seed, progress, log_every, callback
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay) if cfg.ema_max_decay > 0 else None
     state = TrainingState(policy, opt, sched, ema, gen, rng)
-    run_id = json.loads(json.dumps({"algo": policy.algo, "steps": steps, "seed": seed,
-                                    "config": policy.config.to_dict()}, default=str))  # as the JSON holds it
+    run_id = {"algo": policy.algo, "steps": steps, "seed": seed, "config": policy.config.to_dict()}
     if checkpoint_every < 0:
         raise ConfigError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if (checkpoint_every or resume) and checkpoint_dir is None:
         raise ValueError("checkpoint_every and resume need a checkpoint_dir")
     if resume:
-        path = latest_checkpoint(checkpoint_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {checkpoint_dir}")
-        saved = json.loads(path.read_text(encoding="utf-8")).get("extra", {})
-        if saved != run_id:
-            diff = sorted(k for k in set(saved) | set(run_id) if saved.get(k) != run_id.get(k))
-            raise CheckpointError(f"{path}: written by a run with other {', '.join(diff)}; resume with the same "
-                                  "settings, or train into a new --out")
-        load_checkpoint(path, state, restore_global_rng=False)
+        resume_run(checkpoint_dir, state, run_id)
     history, recent = state.history, state.recent
     bar = progress(total=steps, desc=f"train {policy.algo}", **({"initial": state.step} if state.step else {})) \
         if progress else None

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "consistency-ac: online env steps, default 1000)")
     parser.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default: 20)")
     parser.add_argument("--checkpoint-every", type=int, help="env steps between checkpoints (default: 5000; "
-                        "diffusion, consistency, bc: gradient steps, 0 = none)")
+                        "diffusion, consistency, bc: gradient steps; consistency-ac: offline updates, then "
+                        "online env steps; 0 = none)")
     parser.add_argument("--intervention", help="'expert': a scripted human takes over when the arm strays")
     parser.add_argument("--reward-classifier", metavar="PATH",
                         help="train on a learned reward: a classifier from serl-ctrl reward-classifier --out "
@@ -80,9 +81,7 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
     if args.env_id or args.intervention or args.reward_classifier or args.stop_at is not None:
         raise ValueError(f"--env, --intervention, --reward-classifier and --stop-at apply to --algo sac only, "
                          f"not {args.algo}")
-    if args.algo == "consistency-ac" and (args.resume or args.checkpoint_every):
-        raise ValueError("--resume and --checkpoint-every apply to sac, diffusion, consistency and bc, "
-                         "not consistency-ac (its online phase is not checkpointed)")
+    checkpoint_every = 5000 if args.checkpoint_every is None else args.checkpoint_every
     overrides = {}
     for item in args.overrides:
         key, sep, raw = item.partition("=")
@@ -101,12 +100,12 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
                                   steps=args.steps, seed=args.seed, overrides=overrides,
                                   eval_episodes=args.eval_episodes or 20, eval_every=args.eval_every,
                                   progress=progress, command=command, export=not args.no_export,
-                                  device=args.device or "auto")
+                                  device=args.device or "auto", checkpoint_every=checkpoint_every,
+                                  resume=args.resume)
     from ..agents.imitation_run import run_imitation
 
     return run_imitation(args.algo, args.demos, args.out, task=args.task, backend=args.backend or "mujoco",
                          steps=args.steps, seed=args.seed, overrides=overrides,
                          eval_episodes=args.eval_episodes or 20, progress=progress, command=command,
                          export=not args.no_export, language=args.language, device=args.device or "auto",
-                         checkpoint_every=5000 if args.checkpoint_every is None else args.checkpoint_every,
-                         resume=args.resume)
+                         checkpoint_every=checkpoint_every, resume=args.resume)
