@@ -11,7 +11,10 @@
 2. **Latency** per action chunk (``predict_action``, batch 1) for the same network, 1 and 2 torch
    threads: DDIM-10 vs consistency 1/3 steps, MLP and U-Net denoisers. Goal: 1-step >= 10x faster.
 3. **SGAC under perturbation** (PickCube; the cube jumps 5-7 cm sideways when the open gripper is
-   about to grasp it): success with and without self-guidance and adaptive chunking.
+   about to grasp it): success with and without self-guidance and adaptive chunking, for policies
+   trained on plain demonstrations and on demonstrations in which the cube jumps in half the
+   episodes (``--sgac-jump``) and the expert recovers; executing one action per chunk (closed loop)
+   is the baseline for reactivity.
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
    collisions and which side was taken; consistency with and without the denoising term, at 1 and
    3 steps; noise-drawing samplers with fresh and with zero noise (the deployed default).
@@ -45,6 +48,7 @@ from serl_ctrl.agents.diffusion import DiffusionPolicy
 from serl_ctrl.agents.imitation import ChunkDataset, rollout_success, train_policy
 from serl_ctrl.data.demos import record_demonstrations
 from serl_ctrl.data.episodes import load_episodes
+from serl_ctrl.envs.perturb import ObjectJump
 
 
 def log(msg: str) -> None:
@@ -214,63 +218,73 @@ def bench_latency(args, root: Path, results: dict) -> None:
 # ----------------------------------------------------------------------------- 3. SGAC
 
 
-def cube_jump(env, step, rng) -> bool:
-    """Move the cube 5-7 cm sideways once, when the open gripper is about to grasp it."""
-    base = env.unwrapped
-    if step == 0:
-        base._bench_jumped = False
-    if base._bench_jumped:
-        return False
-    s = base.task_state()
-    cube = s.objects["cube"]
-    near = np.linalg.norm(s.tcp_pos[:2] - cube[:2]) < 0.02 and s.tcp_pos[2] - cube[2] < 0.05
-    if not near or s.finger_width < 0.06:
-        return False
-    for _ in range(20):
-        ang, dist = rng.uniform(-np.pi, np.pi), rng.uniform(0.05, 0.07)
-        new = cube[:2] + dist * np.array([np.cos(ang), np.sin(ang)])
-        if np.all(new >= [0.4, -0.15]) and np.all(new <= [0.6, 0.15]):
-            break
-    _, quat = base.sim.object_pose("cube")
-    base.sim.set_object_pose("cube", np.array([*new, cube[2]]), quat)
-    base._bench_jumped = True
-    return True
+def sgac_demos(args, root: Path) -> Path:
+    """PickCube demonstrations in which the cube jumps in ``--sgac-jump`` of the episodes, so the
+    labels hold recoveries (``record_demonstrations(jump=...)``)."""
+    out = root / f"pickcube_{args.demos}_{args.noise}_jump{args.sgac_jump}"
+    if not (out.is_dir() and any(out.glob("episode_*.npz"))):
+        shutil.rmtree(out, ignore_errors=True)
+        rep = record_demonstrations("pickcube", out, args.demos, seed=0, noise=args.noise, jump=args.sgac_jump)
+        log(f"demos pickcube with jumps: {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
+    return out
 
 
 def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
+    """Each runtime setting on the same 50 seeds with and without the jump, for policies trained on
+    plain demonstrations (which never saw a jump) and on demonstrations with recoveries. Executing
+    one action per chunk ("closed loop", an inference every step like adaptive chunking) is the
+    baseline that tells reactivity from SGAC's own contribution."""
     task = "pickcube"
-    if task not in policies:
-        ds = ChunkDataset(load_episodes(demos(task, args.demos, root, args.noise)), None, 2, 16)
-        diff, _ = train(DiffusionPolicy, ds, configs(args)["diffusion_x0"], args.steps_diffusion, args.seed)
-        cons, _ = train(ConsistencyPolicy, ds, configs(args)["consistency"], args.steps_consistency, args.seed)
-        policies[task] = {"diffusion": diff, "consistency": cons}
-    rows = []
+    cfgs = configs(args)
+    trained = {}
+    for demos_kind in ("plain", "with recoveries"):
+        if demos_kind == "plain" and task in policies:
+            trained[demos_kind] = policies[task]
+            continue
+        path = demos(task, args.demos, root, args.noise) if demos_kind == "plain" else sgac_demos(args, root)
+        ds = ChunkDataset(load_episodes(path), None, 2, 16)
+        diff, _ = train(DiffusionPolicy, ds, cfgs["diffusion_x0"], args.steps_diffusion, args.seed)
+        cons, _ = train(ConsistencyPolicy, ds, cfgs["consistency"], args.steps_consistency, args.seed)
+        trained[demos_kind] = {"diffusion": diff, "consistency": cons}
     w, tau = args.guidance, args.tau
-    settings = [("diffusion DDIM-10", "diffusion", 0.0, None), ("diffusion DDIM-10", "diffusion", 0.0, 0.9),
-                ("diffusion DDIM-10", "diffusion", 0.0, tau), ("diffusion DDIM-10", "diffusion", w, None),
-                ("diffusion DDIM-10", "diffusion", w, tau), ("diffusion DDIM-10", "diffusion", 1.0, None),
-                ("consistency 1 step", "consistency", 0.0, None), ("consistency 1 step", "consistency", 0.0, tau)]
-    for name, algo, w, tau in settings:
-        pol = policies[task][algo]
-        if algo == "diffusion":
-            pol.config.guidance_w = w
-        else:
-            pol.config.num_inference_steps = 1
-        for perturbed in (False, True):
-            r = evaluate(pol, task, args.eval_seeds, adaptive_tau=tau, perturb=cube_jump if perturbed else None)
-            rows.append({"policy": name, "guidance_w": w, "adaptive_tau": tau, "perturbed": perturbed, **r})
-            log(f"  sgac {name} w={w} tau={tau} perturbed={perturbed}: {r['success_rate']:.0%}")
-        if algo == "diffusion":
+    # (label, algo, self-guidance w, adaptive tau, executed actions per chunk)
+    settings = [("diffusion DDIM-10", "diffusion", 0.0, None, 8), ("diffusion DDIM-10", "diffusion", 0.0, tau, 8),
+                ("diffusion DDIM-10", "diffusion", 0.0, 0.9, 8), ("diffusion DDIM-10", "diffusion", w, None, 8),
+                ("diffusion DDIM-10", "diffusion", 1.0, None, 8), ("diffusion DDIM-10", "diffusion", w, 0.9, 8),
+                ("diffusion DDIM-10", "diffusion", 0.0, None, 1),
+                ("consistency 1 step", "consistency", 0.0, None, 8), ("consistency 1 step", "consistency", 0.0, 0.9, 8),
+                ("consistency 1 step", "consistency", 0.0, None, 1)]
+    rows = []
+    for demos_kind, pols in trained.items():
+        for name, algo, w, tau, n_act in settings:
+            pol = pols[algo]
+            pol.config.n_action_steps = n_act
+            if algo == "diffusion":
+                pol.config.guidance_w = w
+            else:
+                pol.config.num_inference_steps = 1
+            for perturbed in (False, True):
+                r = evaluate(pol, task, args.eval_seeds, adaptive_tau=tau, perturb=ObjectJump() if perturbed else None)
+                rows.append({"demos": demos_kind, "policy": name, "guidance_w": w, "adaptive_tau": tau,
+                             "n_action_steps": n_act, "perturbed": perturbed, **r})
+                log(f"  sgac ({demos_kind} demos) {name} w={w} tau={tau} n_act={n_act} perturbed={perturbed}: "
+                    f"{r['success_rate']:.0%}")
             pol.config.guidance_w = 0.0
+            pol.config.n_action_steps = 8
     print(f"\n### 3. SGAC on PickCube, {args.eval_seeds} seeds: the cube jumps 5-7 cm when the gripper is about "
-          "to grasp it\n")
-    print("| policy | self-guidance w | adaptive chunking tau | success (no jump) | success (jump) | "
+          f"to grasp it; demos with recoveries: a jump in {args.sgac_jump:.0%} of them\n")
+    print("| demos | policy | self-guidance w | execution | success (no jump) | success (jump) | "
           "inferences / episode (jump) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for a, b in zip(rows[::2], rows[1::2]):
-        tau = "off (8 of 16 open loop)" if a["adaptive_tau"] is None else f"{a['adaptive_tau']}"
-        print(f"| {a['policy']} | {a['guidance_w']} | {tau} | {a['success_rate']:.0%} | {b['success_rate']:.0%} | "
-              f"{b['inferences_per_episode']:.1f} |")
+        if a["adaptive_tau"] is not None:
+            how = f"adaptive chunking, tau {a['adaptive_tau']}"
+        elif a["n_action_steps"] == 1:
+            how = "closed loop (1 of 16)"
+        else:
+            how = f"open loop ({a['n_action_steps']} of 16)"
+        print(f"| {a['demos']} | {a['policy']} | {a['guidance_w']} | {how} | {a['success_rate']:.0%} | "
+              f"{b['success_rate']:.0%} | {b['inferences_per_episode']:.1f} |")
     sys.stdout.flush()
     results["sgac"] = rows
 
@@ -352,6 +366,8 @@ def main() -> None:
     p.add_argument("--distill", action="store_true", help="also distil a consistency policy from the diffusion one")
     p.add_argument("--guidance", type=float, default=0.3, help="self-guidance weight w for table 3 (also: 1.0)")
     p.add_argument("--tau", type=float, default=0.5, help="adaptive chunking threshold for table 3 (also: 0.9)")
+    p.add_argument("--sgac-jump", type=float, default=0.5, help="table 3: share of the recovery demonstrations "
+                   "in which the cube jumps")
     p.add_argument("--latency-denoisers", nargs="+", default=["mlp", "unet"])
     p.add_argument("--latency-calls", type=int, default=200)
     p.add_argument("--only", nargs="+", default=["success", "latency", "sgac", "modes"])
