@@ -188,6 +188,7 @@ class OnlineFinetuner:
         self.step = 0      # online env steps done
         self.episode = 0   # index of the episode being collected
         self._wall0 = 0.0  # seconds spent before a resume (evaluation rows count from the run's start)
+        self._start: float | None = None  # perf_counter when run() began
         self._policy_gen: torch.Tensor | None = None  # the actor's noise generator at the last checkpoint
 
     # --- checkpoint form (only at episode boundaries: the env and the recorder start afresh there) --------
@@ -217,7 +218,7 @@ class OnlineFinetuner:
         self._wall0 = float(state["wall_s"])
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self._start if hasattr(self, "_start") else 0.0
+        return 0.0 if self._start is None else time.perf_counter() - self._start
 
     def _metadata(self, episode: int) -> dict[str, Any]:
         from ..data.episodes import make_metadata
@@ -409,8 +410,8 @@ def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[
     start = time.perf_counter()
     agent.to(resolve_device(device))
     try:
-        offline = agent.train(dataset, steps, progress=progress, total_steps=total, start=state.offline_step,
-                              gen=state.gen, rng=state.rng, after_step=after_offline_step)
+        agent.train(dataset, steps, progress=progress, total_steps=total, start=state.offline_step, gen=state.gen,
+                    rng=state.rng, after_step=after_offline_step)
         offline = {"steps": steps, **state.offline_info}  # the last offline update's, resumed or not
         offline_wall = time.perf_counter() - start
         online: dict[str, Any] = {}
