@@ -341,6 +341,27 @@ def test_sampler_seed_reaches_the_real_loader(ros_domain, capfd):
         h.close()
 
 
+def test_adaptive_tau_reaches_the_real_loader(ros_domain):
+    """``adaptive_tau`` >= -1 turns on the runtime's adaptive chunking at the next load; the default
+    (-2) leaves chunks open loop."""
+    from serl_ctrl.ros.policy_node import PolicyNode
+
+    h = RosHarness(ros_domain)
+    try:
+        node = PolicyNode(context=h.context, parameter_overrides=_params(
+            policy="pickcube_consistency_state", adaptive_tau=0.9))
+        h.add_node(node)
+        assert _change_state(h, "configure")
+        assert node.policy.adaptive_tau == pytest.approx(0.9) and node.policy.spec.n_action_steps > 1
+        assert _change_state(h, "cleanup")
+        node.set_parameters(_params(adaptive_tau=-2.0))
+        assert _change_state(h, "configure")
+        assert node.policy.adaptive_tau is None
+        assert _change_state(h, "cleanup")
+    finally:
+        h.close()
+
+
 def test_policy_node_process_reports_a_missing_policy(ros_domain):
     """The executable with the real loader (serl_ctrl.runtime.load_policy): a clear error."""
     proc = NodeProcess("policy_node", ros_domain, {"policy": "no_such_policy_xyz", "autostart": True})

@@ -128,6 +128,12 @@ POLICY_NODE: tuple[Param, ...] = (
           "Gaussian sampler noise per action chunk from this seed (multimodal demonstrations need it); "
           "-1 feeds zeros, the noise's mode, as the default export. Other files refuse a seed. Read at "
           "every policy load (configure, or a new 'policy').", -1, 2**31 - 1, read_only=False),
+    Param("adaptive_tau", -2.0, "Chunked policies: SGAC's adaptive chunking. Predict a chunk every tick "
+          "and replace the queued one when the cosine similarity between its next action and the fresh "
+          "first action drops below this (0.9 doubled success on PickCube when the cube was moved "
+          "mid-grasp, bench_imitation table 3); below -1 (the default): off, each chunk's n_action_steps "
+          "run open loop. Read at every policy load (configure, or a new 'policy').", -2.0, 1.0,
+          read_only=False),
     Param("trigger", "timer", "What starts a control tick: 'timer' (every 1/rate_hz on the ROS clock) or "
           "'inputs' (as soon as every state topic carries the same stamp, at most once per 1/rate_hz of "
           "stamp time: one wake-up less, ~0.5 ms less latency, ticks locked to the arm's updates; no "

@@ -66,11 +66,11 @@ CLOCK_MISMATCH_S = 1e5  # an input this old means sim-time stamps read on a wall
 INSTRUCTION_KEY = "instruction_embedding"  # serl_ctrl.language.conditioning.INSTRUCTION_KEY
 
 
-def default_loader(name_or_path: str, sampler_seed: int | None = None):
+def default_loader(name_or_path: str, sampler_seed: int | None = None, adaptive_tau: float | None = None):
     """``serl_ctrl.runtime.load_policy`` (imported when first needed)."""
     from ..runtime import load_policy
 
-    return load_policy(name_or_path, sampler_seed=sampler_seed)
+    return load_policy(name_or_path, sampler_seed=sampler_seed, adaptive_tau=adaptive_tau)
 
 
 def _percentiles(values) -> tuple[float, float]:
@@ -144,8 +144,9 @@ class PolicyNode(LifecycleNode):
     # --- policy loading -------------------------------------------------------------------------------
 
     def _load_file(self, name: str):
-        seed = int(self.get_parameter("sampler_seed").value)  # current value, also for hot swaps
-        return default_loader(name, sampler_seed=None if seed < 0 else seed)
+        seed = int(self.get_parameter("sampler_seed").value)  # current values, also for hot swaps
+        tau = float(self.get_parameter("adaptive_tau").value)
+        return default_loader(name, sampler_seed=None if seed < 0 else seed, adaptive_tau=None if tau < -1 else tau)
 
     def _load(self, name: str):
         policy = self.loader(name)
