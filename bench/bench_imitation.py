@@ -73,12 +73,15 @@ def configs(args, obs: str = "state") -> dict[str, dict]:
     }
 
 
-def demos(task: str, n: int, root: Path, noise: float, obs: str = "state") -> Path:
-    out = root / (f"{task}_{n}_{noise}" + ("" if obs == "state" else f"_{obs}"))
+def demos(task: str, n: int, root: Path, noise: float, obs: str = "state", jump: float = 0.0) -> Path:
+    """Scripted demonstrations, cached under ``root``; ``jump``: share of episodes in which the object
+    jumps and the expert recovers (``record_demonstrations(jump=...)``)."""
+    out = root / (f"{task}_{n}_{noise}" + ("" if obs == "state" else f"_{obs}") + (f"_jump{jump}" if jump else ""))
     if not (out.is_dir() and any(out.glob("episode_*.npz"))):
         shutil.rmtree(out, ignore_errors=True)
-        rep = record_demonstrations(task, out, n, seed=0, noise=noise, obs=obs)
-        log(f"demos {task} ({obs}): {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
+        rep = record_demonstrations(task, out, n, seed=0, noise=noise, obs=obs, jump=jump)
+        log(f"demos {task} ({obs}{f', jump {jump}' if jump else ''}): {rep.successes}/{rep.attempts} expert "
+            f"successes, {rep.wall_s:.1f} s")
     return out
 
 
@@ -218,17 +221,6 @@ def bench_latency(args, root: Path, results: dict) -> None:
 # ----------------------------------------------------------------------------- 3. SGAC
 
 
-def sgac_demos(args, root: Path) -> Path:
-    """PickCube demonstrations in which the cube jumps in ``--sgac-jump`` of the episodes, so the
-    labels hold recoveries (``record_demonstrations(jump=...)``)."""
-    out = root / f"pickcube_{args.demos}_{args.noise}_jump{args.sgac_jump}"
-    if not (out.is_dir() and any(out.glob("episode_*.npz"))):
-        shutil.rmtree(out, ignore_errors=True)
-        rep = record_demonstrations("pickcube", out, args.demos, seed=0, noise=args.noise, jump=args.sgac_jump)
-        log(f"demos pickcube with jumps: {rep.successes}/{rep.attempts} expert successes, {rep.wall_s:.1f} s")
-    return out
-
-
 def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
     """Each runtime setting on the same 50 seeds with and without the jump, for policies trained on
     plain demonstrations (which never saw a jump) and on demonstrations with recoveries. Executing
@@ -241,7 +233,7 @@ def bench_sgac(args, root: Path, policies: dict, results: dict) -> None:
         if demos_kind == "plain" and task in policies:
             trained[demos_kind] = policies[task]
             continue
-        path = demos(task, args.demos, root, args.noise) if demos_kind == "plain" else sgac_demos(args, root)
+        path = demos(task, args.demos, root, args.noise, jump=0.0 if demos_kind == "plain" else args.sgac_jump)
         ds = ChunkDataset(load_episodes(path), None, 2, 16)
         diff, _ = train(DiffusionPolicy, ds, cfgs["diffusion_x0"], args.steps_diffusion, args.seed)
         cons, _ = train(ConsistencyPolicy, ds, cfgs["consistency"], args.steps_consistency, args.seed)

@@ -166,10 +166,10 @@ def test_run_killed_online_resumes_to_the_same_actor(reach_demos, tmp_path, monk
 
     original = OnlineFinetuner._add_episode
 
-    def dies_on_the_third(self, episode, write=True):
+    def dies_on_the_third(self, episode):
         if len(self.online_episodes) == 2:
             raise _Killed
-        original(self, episode, write)
+        original(self, episode)
 
     monkeypatch.setattr(OnlineFinetuner, "_add_episode", dies_on_the_third)
     run = tmp_path / "killed"

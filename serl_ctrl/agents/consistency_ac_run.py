@@ -207,9 +207,9 @@ class OnlineFinetuner:
         paths = list_episodes(self.episodes_dir) if self.episodes_dir is not None and n else []
         if len(paths) < n:
             raise FileNotFoundError(f"{self.episodes_dir}: {len(paths)} online episodes, the checkpoint counts {n}")
-        self.online_episodes = []
-        for path in paths[:n]:
-            self._add_episode(load_episode(path), write=False)
+        self.online_episodes, self.online_data = [load_episode(path) for path in paths[:n]], None
+        if n:
+            self._rebuild_online_data()
         self.step, self.episode = int(state["step"]), int(state["episode"])
         self.rows = [dict(r) for r in state["rows"]]
         self.gen.set_state(state["gen"])
@@ -232,14 +232,17 @@ class OnlineFinetuner:
     def _env_seed(self, episode: int) -> int:
         return self.seed * 1_000_003 + episode
 
-    def _add_episode(self, episode, write: bool = True) -> None:
-        policy = self.agent.actor
-        if write and self.episodes_dir is not None:
+    def _add_episode(self, episode) -> None:
+        if self.episodes_dir is not None:
             from ..data.episodes import episode_path, save_episode
 
             self.episodes_dir.mkdir(parents=True, exist_ok=True)
             save_episode(episode_path(self.episodes_dir, len(self.online_episodes)), episode)  # atomic
         self.online_episodes.append(episode)
+        self._rebuild_online_data()
+
+    def _rebuild_online_data(self) -> None:
+        policy = self.agent.actor
         data = ChunkDataset(self.online_episodes, policy.obs_keys, policy.n_obs_steps, policy.horizon)
         data.prepare_td(self.agent.k, self.agent.gamma)
         self.online_data = data
