@@ -220,4 +220,29 @@ def test_state_dict_round_trip():
         np.testing.assert_array_equal(t1["obs"]["front"], t2["obs"]["front"])
     check_transition(buf2.transition(len(buf2) - 1), more1[-1])
     with pytest.raises(ValueError, match="capacity"):
-        ReplayBuffer(dict_space(), ACT, capacity=30).load_state_dict(sd)
+        ReplayBuffer(dict_space(), ACT, capacity=10).load_state_dict(sd)
+
+
+def test_state_dict_loads_into_a_larger_buffer():
+    """A wrapped ring loads into a larger buffer (a SAC run resumed with more steps) with the same
+    transitions, which the new room then keeps."""
+    buf = ReplayBuffer(dict_space(), ACT, capacity=20, frame_capacity=22)
+    run_episodes(buf, [6, 9, 8])  # 23 transitions, 26 frames: both rings have wrapped
+    big = ReplayBuffer(dict_space(), ACT, capacity=40)
+    big.load_state_dict(buf.state_dict())
+    assert len(big) == len(buf) > 0
+
+    def same(t1, t2):
+        for k in ("obs", "next_obs"):
+            for key in t1[k]:
+                np.testing.assert_array_equal(t1[k][key], t2[k][key])
+        for k in ("actions", "rewards", "terminated", "truncated"):
+            np.testing.assert_array_equal(t1[k], t2[k])
+
+    for i in range(len(buf)):
+        same(buf.transition(i), big.transition(i))
+    n, first = len(big), big.transition(0)
+    more = run_episodes(big, [5], start_ep=50)
+    assert len(big) == n + 5  # nothing evicted now
+    same(big.transition(0), first)
+    check_transition(big.transition(len(big) - 1), more[-1])

@@ -81,6 +81,16 @@ def test_train_resume_and_export(tmp_path):
     assert np.isfinite(report["act_ms_p50"]) and report["infer_ms_p50"] < 5.0
 
 
+def test_pixel_run_sizes_its_replay_buffer_to_the_run(tmp_path):
+    """The default replay capacity (1M frames, ~96 GiB of 2x128 px images) would refuse a pixel run
+    on this machine; the run only ever stores `steps` transitions and gets a buffer that size."""
+    cfg = RunConfig.load(None, {"task": "pickcube", "obs": "pixels", "steps": 30, "eval_every": 30,
+                                "eval_episodes": 1, "checkpoint_every": 30}, SMALL)
+    assert cfg.sac.replay_capacity == 1_000_000
+    result = train_sac(cfg, tmp_path / "run", export=False)
+    assert result["env_steps"] == 30 and result["updates"] == 0  # learning starts at 50
+
+
 def test_train_imitation_command_exports_an_onnx_chunk_policy(tmp_path):
     """serl-ctrl train --algo bc: trains on demos, evaluates, exports a chunked policy.onnx that
     serl-ctrl eval runs through the same runtime."""

@@ -145,7 +145,8 @@ class SACConfig:
     demo_fraction: float = _f(0.5, "share of every minibatch drawn from the demo buffer "
                               "(when there is one)", lo=0.0, hi=1.0)
     replay_capacity: int = _f(1_000_000, "online replay capacity in frames/transitions "
-                              "(images: ~bytes_per_frame x this)", lo=1, hi=10**10)
+                              "(images: ~bytes_per_frame x this); train_sac caps it at the run's steps", lo=1,
+                              hi=10**10)
     learning_starts: int = _f(300, "env steps received before the first update", lo=0,
                               hi=10**10)
     random_steps: int = _f(300, "env steps acted uniformly at random at the start "

@@ -268,7 +268,10 @@ def train_sac(cfg: RunConfig, out: str | Path, resume: bool = False, progress: O
                      device=resolve_device(cfg.device, "run.device"))
     extra = cfg.steps if cfg.intervention != "none" else 0
     demos = demo_buffer(cfg.demos, env, extra, cfg.reward if cfg.task else None) if cfg.demos else None
-    learner = Learner(agent, demo_buffer=demos, seed=cfg.seed)
+    # The run never stores more than `steps` online transitions: a buffer sized to the run keeps
+    # the default capacity (1M) from refusing a pixel run that would never fill it.
+    online = ReplayBuffer(env.observation_space, env.action_space, min(cfg.sac.replay_capacity, cfg.steps))
+    learner = Learner(agent, online_buffer=online, demo_buffer=demos, seed=cfg.seed)
     if cfg.intervention == "expert":
         from ..envs.wrappers import ExpertTeleop, InterventionWrapper
 

@@ -309,17 +309,23 @@ class ReplayBuffer:
         return d
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``'s contents into this buffer, whose capacities must be at least
+        the checkpoint's. A larger buffer gets the same transitions laid into its wider rings, so
+        a run resumed with more ``steps`` (and a larger run-sized buffer, ``train_sac``) goes on
+        from exactly what it had."""
         c = state["counters"]
-        if int(c["capacity"]) != self.capacity or int(c["frame_capacity"]) != self.frame_capacity:
+        cap, fcap = int(c["capacity"]), int(c["frame_capacity"])
+        if cap > self.capacity or fcap > self.frame_capacity:
             raise ValueError(
-                f"replay checkpoint has capacity={c['capacity']}, frame_capacity="
-                f"{c['frame_capacity']}; this buffer has {self.capacity}, {self.frame_capacity}")
+                f"replay checkpoint has capacity={cap}, frame_capacity={fcap}; this buffer has "
+                f"{self.capacity}, {self.frame_capacity} (a checkpoint loads into a buffer at least as large)")
+        fw, tw = int(c["frames_written"]), int(c["t_written"])
+        fids = np.arange(max(0, fw - fcap), fw)
         for k, arr in self._frames.items():
-            src = np.asarray(state[f"frames/{k}"])
-            arr[:len(src)] = src
+            arr[fids % self.frame_capacity] = np.asarray(state[f"frames/{k}"])[fids % fcap]
+        ts = np.arange(max(0, tw - cap), tw)
         for name in ("obs_fid", "next_fid", "actions", "rewards", "terminated", "truncated"):
-            src = np.asarray(state[name])
-            getattr(self, "_" + name)[:len(src)] = src
+            getattr(self, "_" + name)[ts % self.capacity] = np.asarray(state[name])[ts % cap]
         self._frames_written = int(c["frames_written"])
         self._t_written = int(c["t_written"])
         self._t_start = int(c["t_start"])
