@@ -1,6 +1,7 @@
-"""SAC sample efficiency and wall-clock: env steps (and seconds) until 90% success.
+"""SAC sample efficiency and wall-clock: env steps (and seconds) until 90% success (``--target``).
 
-Issue #3's benchmarks 1-3, side by side in one run on this machine:
+Issue #3's benchmarks 1-3 (and 5 with ``--obs pixels --target 0.8``), side by side in one run on
+this machine:
 
 * ``ours``        SAC + RLPD choices (``SACConfig`` defaults) with ``--demos`` scripted demos,
 * ``ours-float32`` ``ours`` with ``sac.dtype=float32`` (the default, ``auto``, runs bf16 autocast
@@ -11,12 +12,14 @@ Issue #3's benchmarks 1-3, side by side in one run on this machine:
 
 on ``--task`` (PickCube by default), for each of ``--seeds``. Every ``--eval-every`` env steps
 the deterministic policy runs ``--eval-episodes`` episodes on fixed seeds (10000+); "steps to 90%"
-is the first evaluation at or above 90%. Wall-clock counts training and evaluation, as a user
+is the first evaluation at or above 90% (``--target``). ``--obs pixels`` trains from the front and
+wrist cameras (128 px) and proprioception, with pixel demos; SB3 is not run there. Wall-clock counts training and evaluation, as a user
 would wait for it. Prints a markdown table (per variant: median steps and minutes to 90% over the
 seeds, each seed's value, final success) and writes a learning-curve PNG and a JSON of all curves.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_sac_learning.py [--task pickcube] [--reward dense]
         [--seeds 0 1 2] [--steps 10000] [--variants ours,ours-nodemo,sb3] [--out runs/bench_sac]
+        [--stop-at-target] [--obs pixels --target 0.8 --set sac.batch_size=128 ...]
     python bench/bench_sac_learning.py --report DIR [DIR ...] --out DIR   # merge runs made separately
 
 Slow by nature (each run is minutes to tens of minutes on 2 cores); runs are sequential so each
@@ -43,19 +46,20 @@ DEFAULT_VARIANTS = ("ours", "ours-nodemo", "sb3")
 EVAL_SEED = 10_000
 
 
-def _to_90(rows: list[dict]) -> tuple[int | None, float | None]:
-    hit = next((r for r in rows if r["success_rate"] >= 0.9), None)
+def _to_target(rows: list[dict], target: float) -> tuple[int | None, float | None]:
+    hit = next((r for r in rows if r["success_rate"] >= target), None)
     return (hit["env_steps"], hit["wall_s"]) if hit else (None, None)
 
 
 def run_ours(args, seed: int, demos: str | None, out: Path, extra: tuple = ()) -> list[dict]:
     from serl_ctrl.agents.train_sac import RunConfig, train_sac
 
-    cfg = RunConfig.load(None, {"task": args.task, "obs": "state", "reward": args.reward, "steps": args.steps,
+    cfg = RunConfig.load(None, {"task": args.task, "obs": args.obs, "reward": args.reward, "steps": args.steps,
                                 "seed": seed, "demos": demos, "eval_every": args.eval_every,
-                                "eval_episodes": args.eval_episodes, "checkpoint_every": args.steps},
+                                "eval_episodes": args.eval_episodes, "checkpoint_every": args.steps,
+                                "threads": args.threads},
                          [*args.set, *extra])
-    train_sac(cfg, out, export=False, stop_at=0.9 if args.stop_at_90 else None)
+    train_sac(cfg, out, export=False, stop_at=args.target if args.stop_at_target else None)
     import csv
 
     with open(out / "metrics.csv") as f:
@@ -91,7 +95,7 @@ def run_sb3(args, seed: int) -> list[dict]:
                              "wall_s": round(time.perf_counter() - start, 2)})
                 print(f"  sb3 seed {seed}: {self.num_timesteps} steps, success {ev['success_rate']:.0%}",
                       file=sys.stderr, flush=True)
-                if args.stop_at_90 and ev["success_rate"] >= 0.9:
+                if args.stop_at_target and ev["success_rate"] >= args.target:
                     return False
             return True
 
@@ -99,7 +103,7 @@ def run_sb3(args, seed: int) -> list[dict]:
     return rows
 
 
-def plot(curves: dict, path: Path, title: str) -> None:
+def plot(curves: dict, path: Path, title: str, target: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +114,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
     for (variant, seed), rows in curves.items():
         ax.plot([r["env_steps"] for r in rows], [r["success_rate"] for r in rows], color=colors.get(variant),
                 alpha=0.8, label=variant if seed == min(s for v, s in curves if v == variant) else None)
-    ax.axhline(0.9, color="gray", ls=":", lw=1)
+    ax.axhline(target, color="gray", ls=":", lw=1)
     ax.set_xlabel("env steps")
     ax.set_ylabel("success rate (eval)")
     ax.set_ylim(-0.02, 1.02)
@@ -124,6 +128,10 @@ def plot(curves: dict, path: Path, title: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="pickcube")
+    p.add_argument("--obs", default="state", choices=("state", "pixels"),
+                   help="pixels: front + wrist 128 px cameras and proprioception (pixel demos; no sb3)")
+    p.add_argument("--target", type=float, default=0.9, help="success rate whose first evaluation counts")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of our runs")
     p.add_argument("--reward", default="dense", choices=("sparse", "dense"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=10_000)
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--set", action="append", default=[], help="sac.field=value for ours (repeatable)")
-    p.add_argument("--stop-at-90", action="store_true", help="stop a run at its first evaluation >= 90%%")
+    p.add_argument("--stop-at-target", action="store_true", help="stop a run at its first evaluation >= --target")
     p.add_argument("--out", default="runs/bench_sac")
     p.add_argument("--report", nargs="+", metavar="DIR",
                    help="no training: merge the curves.json of earlier runs (e.g. one per variant, run "
@@ -144,13 +152,17 @@ def main(argv=None) -> int:
     bad = sorted(set(variants) - set(VARIANTS))
     if bad:
         p.error(f"unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+    if args.obs == "pixels" and "sb3" in variants:
+        p.error("sb3 runs on state observations only: drop it from --variants with --obs pixels")
+    if not 0.0 < args.target <= 1.0:
+        p.error(f"--target must be in (0, 1], got {args.target}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     from serl_ctrl.data.demos import record_demonstrations
 
     demo_dir = Path(tempfile.mkdtemp(prefix="bench_sac_demos_"))
-    record_demonstrations(args.task, demo_dir, args.demos, reward=args.reward, seed=123)
+    record_demonstrations(args.task, demo_dir, args.demos, obs=args.obs, reward=args.reward, seed=123)
 
     curves: dict = {}
     for variant in variants:
@@ -169,10 +181,9 @@ def main(argv=None) -> int:
             curves[(variant, seed)] = rows
             (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
 
-    title = f"{args.task} state, {args.reward} reward, {args.demos} demos for 'ours'"
-    print(f"\n{title}; evaluation every {args.eval_every} steps over {args.eval_episodes} episodes; "
+    print(f"\n{_title(args)}; evaluation every {args.eval_every} steps over {args.eval_episodes} episodes; "
           f"budget {args.steps} steps\n")
-    table(curves, variants, out, title)
+    table(curves, variants, out, _title(args), args.target)
     return 0
 
 
@@ -190,17 +201,22 @@ def report(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
-    table(curves, variants, out, f"{args.task} state, {args.reward} reward, {args.demos} demos for 'ours'")
+    table(curves, variants, out, _title(args), args.target)
     return 0
 
 
-def table(curves: dict, variants: list, out: Path, title: str) -> None:
-    plot(curves, out / "learning_curves.png", title)
-    print("| variant | seeds | median steps to 90% | median minutes to 90% | per seed (steps / min) | final success |")
+def _title(args) -> str:
+    return f"{args.task} {args.obs}, {args.reward} reward, {args.demos} demos for 'ours'"
+
+
+def table(curves: dict, variants: list, out: Path, title: str, target: float = 0.9) -> None:
+    plot(curves, out / "learning_curves.png", title, target)
+    print(f"| variant | seeds | median steps to {target:.0%} | median minutes to {target:.0%} | per seed (steps / min) "
+          f"| final success |")
     print("|---|---|---|---|---|---|")
     for variant in variants:
         seeds = sorted(s for v, s in curves if v == variant)
-        per = [(s, *_to_90(curves[(variant, s)]), curves[(variant, s)][-1]["success_rate"]) for s in seeds]
+        per = [(s, *_to_target(curves[(variant, s)], target), curves[(variant, s)][-1]["success_rate"]) for s in seeds]
         steps = [x[1] for x in per]
         mins = [x[2] / 60 for x in per if x[2] is not None]
         budget = min(curves[(variant, s)][-1]["env_steps"] for s in seeds)
