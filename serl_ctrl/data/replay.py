@@ -319,18 +319,26 @@ class ReplayBuffer:
             raise ValueError(
                 f"replay checkpoint has capacity={cap}, frame_capacity={fcap}; this buffer has "
                 f"{self.capacity}, {self.frame_capacity} (a checkpoint loads into a buffer at least as large)")
-        fw, tw = int(c["frames_written"]), int(c["t_written"])
-        fids = np.arange(max(0, fw - fcap), fw)
         for k, arr in self._frames.items():
-            arr[fids % self.frame_capacity] = np.asarray(state[f"frames/{k}"])[fids % fcap]
-        ts = np.arange(max(0, tw - cap), tw)
+            _relay(arr, np.asarray(state[f"frames/{k}"]), int(c["frames_written"]), fcap)
         for name in ("obs_fid", "next_fid", "actions", "rewards", "terminated", "truncated"):
-            getattr(self, "_" + name)[ts % self.capacity] = np.asarray(state[name])[ts % cap]
+            _relay(getattr(self, "_" + name), np.asarray(state[name]), int(c["t_written"]), cap)
         self._frames_written = int(c["frames_written"])
         self._t_written = int(c["t_written"])
         self._t_start = int(c["t_start"])
         self._last_next_fid = int(c["last_next_fid"])
         self._last_done = bool(c["last_done"])
+
+
+def _relay(dst: np.ndarray, src: np.ndarray, written: int, old_capacity: int) -> None:
+    """Copy a saved ring (``written`` items so far, ``old_capacity`` slots) into the ring ``dst``:
+    slot for slot when the rings are the same size or the old one never wrapped, else each item
+    to its slot in the larger ring (a copy of the data, so only then)."""
+    if len(dst) == old_capacity or written <= old_capacity:
+        dst[:len(src)] = src
+    else:
+        ids = np.arange(written - old_capacity, written)
+        dst[ids % len(dst)] = src[ids % old_capacity]
 
 
 def _physical_memory() -> Optional[int]:
