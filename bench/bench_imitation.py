@@ -68,9 +68,18 @@ def configs(args, obs: str = "state") -> dict[str, dict]:
     return {
         "diffusion": {**common, **net, "num_inference_steps": 10, "prediction_type": "epsilon"},  # Chi et al., Min-SNR-5
         "diffusion_x0": {**common, **net, "num_inference_steps": 10, "prediction_type": "sample"},
-        "consistency": {**common, **net, "mode": "ct", "dsm_weight": args.ct_dsm},
+        "consistency": {**common, **net, "mode": "ct", "dsm_weight": args.ct_dsm,
+                        **({"p_mean": args.ct_p_mean} if getattr(args, "ct_p_mean", None) is not None else {})},
         "bc": {**common, "hidden_dims": (256, 256, 256), "loss": "mse"},
     }
+
+
+def ct_name(args, dsm: float) -> str:
+    """Row label of a consistency-trained policy: its auxiliary DSM weight and noise-level centre."""
+    parts = [f"DSM {dsm:g}"] if dsm else []
+    if getattr(args, "ct_p_mean", None) is not None:
+        parts.append(f"P_mean {args.ct_p_mean:g}")
+    return f"consistency (CT{''.join(' + ' + x for x in parts)})"
 
 
 def demos(task: str, n: int, root: Path, noise: float, obs: str = "state", jump: float = 0.0) -> Path:
@@ -122,7 +131,7 @@ def bench_success(args, root: Path, results: dict, obs: str = "state") -> dict:
         cons, mc = train(ConsistencyPolicy, ds, cfgs["consistency"], steps["consistency"], args.seed)
         bc, mb = train(BCPolicy, ds, cfgs["bc"], steps["bc"], args.seed)
         policies[task] = {"diffusion": diff0, "consistency": cons, "bc": bc}
-        ct = f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''})"
+        ct = ct_name(args, args.ct_dsm)
         entries = []
         if obs == "state" and not args.no_epsilon:  # Chi et al.'s epsilon prediction, for reference
             diff, md = train(DiffusionPolicy, ds, cfgs["diffusion"], steps["diffusion"], args.seed)
@@ -295,11 +304,10 @@ def bench_modes(args, root: Path, results: dict) -> None:
     entries = [
         ("diffusion (eps) DDIM-10", DiffusionPolicy, cfgs["diffusion"], args.steps_modes),
         ("diffusion (x0-pred) DDIM-10", DiffusionPolicy, cfgs["diffusion_x0"], args.steps_modes // 3),
-        (f"consistency (CT{f' + DSM {args.ct_dsm:g}' if args.ct_dsm else ''})", ConsistencyPolicy,
-         cfgs["consistency"], args.steps_modes * 2 // 3),
+        (ct_name(args, args.ct_dsm), ConsistencyPolicy, cfgs["consistency"], args.steps_modes * 2 // 3),
     ]
     if args.ct_dsm:
-        entries.append(("consistency (CT)", ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
+        entries.append((ct_name(args, 0.0), ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
                         args.steps_modes * 2 // 3))
     entries.append(("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1)))
     rows = []
@@ -355,6 +363,8 @@ def main() -> None:
                    "get a third, consistency two thirds")
     p.add_argument("--ct-dsm", type=float, default=1.0, help="consistency training: weight of the auxiliary "
                    "denoising loss (0 = pure consistency training)")
+    p.add_argument("--ct-p-mean", type=float, default=None, help="consistency training: centre of the log-normal "
+                   "over noise levels (default: ConsistencyConfig's, iCT's -1.1; 1.0 trains the 1-step map more)")
     p.add_argument("--distill", action="store_true", help="also distil a consistency policy from the diffusion one")
     p.add_argument("--guidance", type=float, default=0.3, help="self-guidance weight w for table 3 (also: 1.0)")
     p.add_argument("--tau", type=float, default=0.5, help="adaptive chunking threshold for table 3 (also: 0.9)")
