@@ -364,7 +364,8 @@ def main() -> None:
     p.add_argument("--ct-dsm", type=float, default=1.0, help="consistency training: weight of the auxiliary "
                    "denoising loss (0 = pure consistency training)")
     p.add_argument("--ct-p-mean", type=float, default=None, help="consistency training: centre of the log-normal "
-                   "over noise levels (default: ConsistencyConfig's, iCT's -1.1; 1.0 trains the 1-step map more)")
+                   "over noise levels (default: ConsistencyConfig's, iCT's -1.1; higher trains the noisiest levels, "
+                   "the 1-step map, more, at a cost in precision: README, multimodality)")
     p.add_argument("--distill", action="store_true", help="also distil a consistency policy from the diffusion one")
     p.add_argument("--guidance", type=float, default=0.3, help="self-guidance weight w for table 3 (also: 1.0)")
     p.add_argument("--tau", type=float, default=0.5, help="adaptive chunking threshold for table 3 (also: 0.9)")

@@ -13,8 +13,8 @@ this machine:
 on ``--task`` (PickCube by default), for each of ``--seeds``. Every ``--eval-every`` env steps
 the deterministic policy runs ``--eval-episodes`` episodes on fixed seeds (10000+); "steps to 90%"
 is the first evaluation at or above 90% (``--target``). ``--obs pixels`` trains from the front and
-wrist cameras (128 px) and proprioception, with pixel demos; SB3 is not run there. Wall-clock counts training and evaluation, as a user
-would wait for it. Prints a markdown table (per variant: median steps and minutes to 90% over the
+wrist cameras (128 px) and proprioception, with pixel demos; SB3 is not run there. Wall-clock counts
+training and evaluation, as a user would wait for it. Prints a markdown table (per variant: median steps and minutes to 90% over the
 seeds, each seed's value, final success) and writes a learning-curve PNG and a JSON of all curves.
 
     OMP_WAIT_POLICY=PASSIVE python bench/bench_sac_learning.py [--task pickcube] [--reward dense]
