@@ -246,3 +246,22 @@ def test_state_dict_loads_into_a_larger_buffer():
     assert len(big) == n + 5  # nothing evicted now
     same(big.transition(0), first)
     check_transition(big.transition(len(big) - 1), more[-1])
+
+
+def test_state_dict_loads_into_a_smaller_buffer_it_fits():
+    """A checkpoint of a large, barely used buffer (SAC checkpoints from before run-sized buffers
+    had capacity 1M) loads into a smaller one, and a ring too full for it is refused."""
+    buf = ReplayBuffer(dict_space(), ACT, capacity=1000)
+    exp = run_episodes(buf, [6, 9, 8])
+    small = ReplayBuffer(dict_space(), ACT, capacity=23, frame_capacity=26)  # exactly what it holds
+    small.load_state_dict(buf.state_dict())
+    assert len(small) == 23
+    for i, e in enumerate(exp):
+        check_transition(small.transition(i), e)
+    more = run_episodes(small, [3], start_ep=50)  # both rings wrap now: the oldest transitions go
+    kept = (exp + more)[-len(small):]
+    assert 0 < len(small) < 23
+    for i, e in enumerate(kept):
+        check_transition(small.transition(i), e)
+    with pytest.raises(ValueError, match="23 transitions over 26 frames"):
+        ReplayBuffer(dict_space(), ACT, capacity=23, frame_capacity=25).load_state_dict(buf.state_dict())

@@ -309,35 +309,40 @@ class ReplayBuffer:
         return d
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore ``state_dict()``'s contents into this buffer, whose capacities must be at least
-        the checkpoint's. A larger buffer gets the same transitions laid into its wider rings, so
-        a run resumed with more ``steps`` (and a larger run-sized buffer, ``train_sac``) goes on
-        from exactly what it had."""
+        """Restore ``state_dict()``'s contents. The capacities may differ as long as what the
+        checkpoint holds (its live transitions and the frames they use) fits: a SAC run sizes its
+        buffer to its ``steps`` (``train_sac``), so a run resumed with more steps gets a larger
+        buffer, and a checkpoint from before that sizing (capacity 1M) a smaller one."""
         c = state["counters"]
         cap, fcap = int(c["capacity"]), int(c["frame_capacity"])
-        if cap > self.capacity or fcap > self.frame_capacity:
+        fw, tw, t_start = int(c["frames_written"]), int(c["t_written"]), int(c["t_start"])
+        obs_fid = np.asarray(state["obs_fid"])
+        # oldest frame still needed: the first live transition's, else the last frame (continuity)
+        f_lo = int(obs_fid[t_start % cap]) if tw > t_start else max(fw - 1, 0)
+        if tw - t_start > self.capacity or fw - f_lo > self.frame_capacity:
             raise ValueError(
-                f"replay checkpoint has capacity={cap}, frame_capacity={fcap}; this buffer has "
-                f"{self.capacity}, {self.frame_capacity} (a checkpoint loads into a buffer at least as large)")
+                f"replay checkpoint holds {tw - t_start} transitions over {fw - f_lo} frames (its capacity="
+                f"{cap}, frame_capacity={fcap}); this buffer has capacity={self.capacity}, "
+                f"frame_capacity={self.frame_capacity}")
         for k, arr in self._frames.items():
-            _relay(arr, np.asarray(state[f"frames/{k}"]), int(c["frames_written"]), fcap)
+            _relay(arr, np.asarray(state[f"frames/{k}"]), f_lo, fw, fcap)
         for name in ("obs_fid", "next_fid", "actions", "rewards", "terminated", "truncated"):
-            _relay(getattr(self, "_" + name), np.asarray(state[name]), int(c["t_written"]), cap)
-        self._frames_written = int(c["frames_written"])
-        self._t_written = int(c["t_written"])
-        self._t_start = int(c["t_start"])
+            _relay(getattr(self, "_" + name), np.asarray(state[name]), t_start, tw, cap)
+        self._frames_written = fw
+        self._t_written = tw
+        self._t_start = t_start
         self._last_next_fid = int(c["last_next_fid"])
         self._last_done = bool(c["last_done"])
 
 
-def _relay(dst: np.ndarray, src: np.ndarray, written: int, old_capacity: int) -> None:
-    """Copy a saved ring (``written`` items so far, ``old_capacity`` slots) into the ring ``dst``:
-    slot for slot when the rings are the same size or the old one never wrapped, else each item
-    to its slot in the larger ring (a copy of the data, so only then)."""
-    if len(dst) == old_capacity or written <= old_capacity:
+def _relay(dst: np.ndarray, src: np.ndarray, lo: int, hi: int, old_capacity: int) -> None:
+    """Copy the items with ids ``lo..hi-1`` of a saved ring (``old_capacity`` slots) into the ring
+    ``dst``: slot for slot when the slots are unchanged (same size, or the old ring never wrapped
+    and ``dst`` holds it all), else item by item (a copy of the data, so only then)."""
+    if len(dst) == old_capacity or (hi <= old_capacity and len(src) <= len(dst)):
         dst[:len(src)] = src
     else:
-        ids = np.arange(written - old_capacity, written)
+        ids = np.arange(lo, hi)
         dst[ids % len(dst)] = src[ids % old_capacity]
 
 
