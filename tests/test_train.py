@@ -114,6 +114,11 @@ def test_train_imitation_command_exports_an_onnx_chunk_policy(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "diffusion", "--task", "reach",
                           "--out", str(tmp_path / "x"), "--json"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--demos" in bad.stdout.strip().splitlines()[-1]
+    # --obs is SAC's: imitation learns from what the demos hold, so the flag is refused, not ignored
+    obs = subprocess.run([*cmd[:cmd.index("--out")], "--obs", "pixels", "--out", str(tmp_path / "z"), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert obs.returncode == 2 and "--obs" in obs.stdout.strip().splitlines()[-1], obs.stdout + obs.stderr
+    assert not (tmp_path / "z").exists()
     # a stochastic (DDPM) sampler cannot be exported: refused before any training, naming the field
     ddpm = subprocess.run([sys.executable, "-m", "serl_ctrl.cli", "train", "--algo", "diffusion", "--task", "reach",
                            "--demos", str(tmp_path / "demos"), "--set", "eta=1", "--out", str(tmp_path / "y"),

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="serl_ctrl task: reach, pickcube, push, insert (default: pickcube)")
     parser.add_argument("--env", dest="env_id", help="a gymnasium environment id instead of --task")
     parser.add_argument("--backend", help="mujoco or pybullet (default: mujoco)")
-    parser.add_argument("--obs", help="state, pixels or both (default: state)")
+    parser.add_argument("--obs", help="sac: state, pixels or both (default: state); the other algos use what "
+                                      "their --demos hold")
     parser.add_argument("--reward", help="sparse or dense (default: sparse; demos must be recorded alike)")
     parser.add_argument("--demos", help="folder of demonstration episodes (serl-ctrl demos --out)")
     parser.add_argument("--steps", type=int, help="env steps (default: 20000); diffusion, consistency, bc, "
@@ -78,9 +79,10 @@ def _run_imitation(args: argparse.Namespace, progress, command: str) -> dict:
 
     if not args.demos:
         raise ValueError(f"--algo {args.algo} learns from demonstrations: pass --demos DIR")
-    if args.env_id or args.intervention or args.reward_classifier or args.stop_at is not None:
-        raise ValueError(f"--env, --intervention, --reward-classifier and --stop-at apply to --algo sac only, "
-                         f"not {args.algo}")
+    if args.env_id or args.obs or args.intervention or args.reward_classifier or args.stop_at is not None:
+        # --obs included: an imitation policy sees what its demos hold (serl-ctrl demos --obs pixels)
+        raise ValueError(f"--env, --obs, --intervention, --reward-classifier and --stop-at apply to --algo sac "
+                         f"only, not {args.algo} (it uses the observations its --demos hold)")
     checkpoint_every = 5000 if args.checkpoint_every is None else args.checkpoint_every
     overrides = {}
     for item in args.overrides:
