@@ -5,7 +5,8 @@
    proprioception, no object state): diffusion (x_0 prediction, Min-SNR-5; sampled with DDPM-100 and
    DDIM-10; on state also Chi et al.'s epsilon prediction with DDIM-10), consistency (consistency
    training + auxiliary denoising loss, weight 1 on state and 10 on pixels, 1 and 3 steps;
-   ``--distill`` adds distillation from the x_0 diffusion policy), Gaussian BC (MSE). Every sampler
+   ``--distill`` adds a consistency policy distilled from the x_0 diffusion one, which starts as a
+   copy of it and regresses its 10-step ODE solutions), Gaussian BC (MSE). Every sampler
    that draws noise is evaluated twice: fresh noise per chunk, and zero noise, which is what
    ``serl-ctrl export`` deploys. Goal: consistency 1-step within 5 points of DDIM-10.
 2. **Latency** per action chunk (``predict_action``, batch 1) for the same network, 1 and 2 torch
@@ -16,8 +17,9 @@
    episodes (``--sgac-jump``) and the expert recovers; executing one action per chunk (closed loop)
    is the baseline for reactivity.
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
-   collisions and which side was taken; consistency with and without the denoising term, at 1 and
-   3 steps; noise-drawing samplers with fresh and with zero noise (the deployed default).
+   collisions and which side was taken; consistency with and without the denoising term (and
+   distilled, with ``--distill``), at 1 and 3 steps; noise-drawing samplers with fresh and with zero
+   noise (the deployed default).
 
     python bench/bench_imitation.py --only success        # table 1, state: ~31 min (one core busy)
     python bench/bench_imitation.py --only success --obs pixels --no-epsilon   # pixels: ~38 min per task
@@ -80,6 +82,12 @@ def configs(args, obs: str = "state") -> dict[str, dict]:
                         **({"p_mean": args.ct_p_mean} if getattr(args, "ct_p_mean", None) is not None else {})},
         "bc": {**common, "hidden_dims": (256, 256, 256), "loss": "mse"},
     }
+
+
+def cd_config(cfgs: dict) -> dict:
+    """Consistency distillation: the consistency config without the denoising term (the student
+    regresses the teacher's ODE solutions, ``ConsistencyConfig``'s cd defaults)."""
+    return {**cfgs["consistency"], "mode": "cd", "dsm_weight": 0.0}
 
 
 def ct_name(args, dsm: float) -> str:
@@ -150,8 +158,8 @@ def bench_success(args, root: Path, results: dict, obs: str = "state") -> dict:
                     (ct, "1 step", 1, cons, mc, {"num_inference_steps": 1}),
                     (ct, "3 steps", 3, cons, mc, {"num_inference_steps": 3})]
         if args.distill:
-            cd, mcd = train(ConsistencyPolicy, ds, {**cfgs["consistency"], "cd_stride": 10},
-                            steps["consistency"], args.seed, teacher=diff0, device=args.device)
+            cd, mcd = train(ConsistencyPolicy, ds, cd_config(cfgs), steps["consistency"], args.seed, teacher=diff0,
+                            device=args.device)
             entries += [("consistency (CD from x0-pred)", "1 step", 1, cd, mcd, {"num_inference_steps": 1}),
                         ("consistency (CD from x0-pred)", "3 steps", 3, cd, mcd, {"num_inference_steps": 3})]
         entries.append(("Gaussian BC (MSE)", "mean", 1, bc, mb, {}))
@@ -321,9 +329,15 @@ def bench_modes(args, root: Path, results: dict) -> None:
         entries.append((ct_name(args, 0.0), ConsistencyPolicy, {**cfgs["consistency"], "dsm_weight": 0.0},
                         args.steps_modes * 2 // 3))
     entries.append(("Gaussian BC (MSE)", BCPolicy, cfgs["bc"], max(args.steps_modes // 3, 1)))
+    if args.distill:  # from the x0 diffusion policy above, as long as consistency training
+        entries.insert(-1, ("consistency (CD from x0-pred)", ConsistencyPolicy, cd_config(cfgs),
+                            args.steps_modes * 2 // 3))
     rows = []
+    trained = {}
     for base, cls, cfg, steps in entries:
-        pol, m = train(cls, ds, cfg, steps, args.seed, device=args.device)
+        teacher = trained.get("diffusion (x0-pred) DDIM-10") if cfg.get("mode") == "cd" else None
+        pol, m = train(cls, ds, cfg, steps, args.seed, teacher=teacher, device=args.device)
+        trained[base] = pol
         for n_steps in ((1, 3) if cls is ConsistencyPolicy else (None,)):
             name = base
             if n_steps is not None:

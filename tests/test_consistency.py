@@ -104,6 +104,74 @@ def test_distillation_from_diffusion_teacher_and_save_load(tmp_path):
         loaded.compute_loss(loaded.batch_to_torch(ds.sample(4, np.random.default_rng(0))), torch.Generator())
 
 
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
+def test_distilled_student_starts_as_the_teachers_one_step_sampler(prediction_type):
+    """cd_student="teacher": the student is the teacher's network in the teacher's coordinates, so
+    before any update its 1-step chunk is the teacher's DDIM-1 chunk and, at a teacher timestep's
+    sigma, the network sees exactly that integer timestep and the variance-preserving input."""
+    ds = ChunkDataset(toy_episodes(), n_obs_steps=2, horizon=8)
+    teacher = DiffusionPolicy.from_dataset(ds, {**TINY, "prediction_type": prediction_type,
+                                               "num_inference_steps": 1}, seed=0)
+    train_policy(teacher, ds, 30, seed=0)
+    student = ConsistencyPolicy.from_dataset(ds, {**TINY, "cd_stride": 10, "num_inference_steps": 1}, seed=1,
+                                             teacher=teacher)
+    assert student.config.cd_prediction_type == prediction_type and student.config.teacher_coordinates
+    hist = {"x": np.array([[3, 1], [4, 1]], np.float32)}
+    z = np.random.default_rng(0).standard_normal((1, 8, 2)).astype(np.float32)
+    # teacher DDIM-1 starts from z at t = T-1; the student from sigma_max z (the same point, VE
+    # coordinates). They differ by c_skip(sigma_max) * sigma_max * z ~ 1e-4 (normalised units)
+    np.testing.assert_allclose(student.predict_action(hist, noise=z), teacher.predict_action(hist, noise=z[0]),
+                               atol=2e-3)
+    _, sig = schedule_sigmas(100, "squaredcos_cap_v2")
+    seen = []
+    h = student.denoiser.register_forward_hook(lambda m, args, out: seen.append((args[0], args[1])))
+    x = torch.randn(2, 8, 2)
+    with torch.no_grad():
+        student.consistency_fn(x, torch.full((2,), float(sig[37])), torch.zeros(2, student.obs_feature_dim))
+    h.remove()
+    x_in, t = seen[0]
+    torch.testing.assert_close(t, torch.full((2,), 37.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(x_in, x / np.sqrt(1 + sig[37] ** 2), atol=1e-6, rtol=0)
+    # "scratch" keeps the EDM parameterisation with fresh weights (the pre-existing behaviour)
+    scratch = ConsistencyPolicy.from_dataset(ds, {**TINY, "cd_stride": 10, "cd_student": "scratch"}, seed=1,
+                                             teacher=teacher)
+    assert not scratch.config.teacher_coordinates and not hasattr(scratch, "_teacher_log_sigma")
+    with pytest.raises(ConfigError, match="cd_student"):
+        ConsistencyPolicy.from_dataset(ds, {**TINY, "cd_student": "copy"}, teacher=teacher)
+
+
+@pytest.mark.parametrize("jump,calls", [(1, 1), (3, 3), (0, 10)])
+def test_distillation_target_takes_up_to_cd_jump_teacher_steps(jump, calls):
+    """cd_jump bounds how many teacher DDIM steps separate the two levels compared (1: adjacent, as
+    Song et al.; 0: anywhere down to the boundary, CTM-style); one batched teacher call per step."""
+    ds = ChunkDataset(toy_episodes(), n_obs_steps=2, horizon=8)
+    teacher = DiffusionPolicy.from_dataset(ds, TINY, seed=0)
+    student = ConsistencyPolicy.from_dataset(ds, {**TINY, "cd_stride": 10, "cd_jump": jump, "batch_size": 256},
+                                             seed=1, teacher=teacher)
+    n = []
+    h = teacher.denoiser.register_forward_hook(lambda *a: n.append(1))
+    batch = student.batch_to_torch(ds.sample(256, np.random.default_rng(0)))
+    loss, info = student.compute_loss(batch, torch.Generator().manual_seed(0))
+    h.remove()
+    assert torch.isfinite(loss) and len(n) == calls
+    assert info["jump"] == 1.0 if jump == 1 else 1.5 < info["jump"] <= (jump or 10)
+
+
+def test_distilled_students_saved_before_cd_student_load_as_scratch():
+    ds = ChunkDataset(toy_episodes(), n_obs_steps=2, horizon=8)
+    teacher = DiffusionPolicy.from_dataset(ds, TINY, seed=0)
+    old = ConsistencyPolicy.from_dataset(ds, {**TINY, "cd_stride": 10, "cd_student": "scratch"}, seed=1,
+                                         teacher=teacher)
+    desc = old.describe()
+    del desc["config"]["cd_student"]
+    loaded = ConsistencyPolicy.from_description(desc)
+    assert loaded.config.cd_student == "scratch"
+    loaded.load_state_dict(old.state_dict())
+    hist = {"x": np.array([[3, 1], [4, 1]], np.float32)}
+    z = np.random.default_rng(0).standard_normal((1, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_action(hist, noise=z), old.predict_action(hist, noise=z))
+
+
 def test_consistency_training_keeps_both_modes_of_a_bimodal_toy():
     def coin(e, T, rng):
         return np.full((T, 2), 0.8 if e % 2 else -0.8) + rng.normal(0, 0.02, (T, 2))
@@ -144,3 +212,26 @@ def test_consistency_ac_q_term_picks_the_rewarded_mode():
     first = actor.predict_chunk({"x": np.zeros((64, 1, 2), np.float32)},
                                 generator=torch.Generator().manual_seed(0))[:, 0, 0].numpy()
     assert (first > 0.4).mean() > 0.7, first  # BC alone: about half
+
+
+def test_train_imitation_distils_from_a_saved_teacher(tmp_path):
+    """``--set teacher=PATH`` (the command line's way): the student takes the teacher's network
+    shape (a conflicting override is refused), is saved without the teacher, and reloads as a
+    working policy."""
+    from serl_ctrl.agents.imitation import load_policy, train_imitation
+    from serl_ctrl.data.demos import record_demonstrations
+
+    demos = tmp_path / "demos"
+    record_demonstrations("reach", demos, 3, seed=2)
+    small = {"batch_size": 16, "horizon": 8, "n_action_steps": 4, "denoiser": "mlp", "time_embed_dim": 16}
+    train_imitation("diffusion", demos, tmp_path / "teacher", {**small, "mlp_hidden": (32, 32)}, steps=5)
+    student_cfg = {**small, "teacher": str(tmp_path / "teacher" / "model")}
+    with pytest.raises(ConfigError, match="mlp_hidden"):  # it would not be the teacher's network
+        train_imitation("consistency", demos, tmp_path / "bad", {**student_cfg, "mlp_hidden": (64,)}, steps=5)
+    out = train_imitation("consistency", demos, tmp_path / "student", student_cfg, steps=5)
+    assert np.isfinite(out["metrics"]["final_loss"])
+    student = load_policy(tmp_path / "student" / "model")
+    c = student.config
+    assert (c.mode, c.cd_student, c.mlp_hidden, c.cd_prediction_type) == ("cd", "teacher", (32, 32), "sample")
+    hist = {k: np.zeros((2, *shape), np.float32) for k, shape in student.spec.shapes.items()}
+    assert np.all(np.isfinite(student.predict_action(hist)))

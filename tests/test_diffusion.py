@@ -276,7 +276,8 @@ def _resumable(kind):
         from serl_ctrl.agents.consistency import ConsistencyPolicy
 
         teacher, ds = tiny_policy(DiffusionPolicy, num_inference_steps=5)
-        cfg = {"horizon": 8, "n_action_steps": 4, "denoiser": "mlp", "mlp_hidden": (32, 32), "cd_stride": 10}
+        cfg = {"horizon": 8, "n_action_steps": 4, "denoiser": "mlp", "mlp_hidden": (32, 32), "cd_stride": 10,
+               "cd_jump": 1}
         return ConsistencyPolicy.from_dataset(ds, cfg, seed=1, teacher=teacher), ds
     return tiny_policy(BCPolicy if kind == "bc" else DiffusionPolicy)
 

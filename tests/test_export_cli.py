@@ -164,6 +164,23 @@ def test_consistency_exports_one_or_k_steps(tmp_path, capsys):
         assert json.loads(out.with_suffix(".json").read_text())["sampler"] == "graph"
 
 
+def test_distilled_consistency_student_exports_and_matches_torch(tmp_path, capsys):
+    """A student in its teacher's coordinates (sigma -> DDPM timestep interpolated in the graph)
+    exports at 1 and 3 steps and onnxruntime matches torch."""
+    from serl_ctrl.agents.consistency import ConsistencyPolicy
+    from serl_ctrl.agents.diffusion import DiffusionPolicy
+
+    ds = ChunkDataset(toy_episodes(), n_obs_steps=2, horizon=8)
+    teacher = DiffusionPolicy.from_dataset(ds, {**TINY_SAMPLER, "prediction_type": "sample"}, seed=0)
+    student = ConsistencyPolicy.from_dataset(ds, {**TINY_SAMPLER, "num_inference_steps": 3}, seed=1, teacher=teacher)
+    assert student.config.teacher_coordinates
+    student.save(tmp_path / "run" / "model")
+    for k in ("1", "3"):
+        code, result = export(capsys, str(tmp_path / "run"), "-o", str(tmp_path / f"cd{k}.onnx"), "--steps", k,
+                              "--check")
+        assert code == 0 and result["sampler_steps"] == int(k) and result["max_abs_diff"] <= 1e-5, result
+
+
 @pytest.mark.parametrize("algo, noise_names, config", [
     ("consistency", ["noise_0", "noise_1", "noise_2"], {}),
     ("diffusion", ["noise"], {"prediction_type": "sample"}),

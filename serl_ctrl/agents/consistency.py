@@ -25,10 +25,23 @@ Two ways to train (``mode``):
   (PickCube 1-step 74 % -> 90 % at 4k steps) but it pulls 1-step samples toward the mean of the
   modes, so it is off by default.
 * ``"cd"``: consistency distillation from a trained :class:`DiffusionPolicy` (Prasad et al.). The
-  student's noise levels are the teacher's DDPM timesteps as variance-exploding sigmas,
-  ``sigma(t) = sqrt((1 - abar_t) / abar_t)``; one teacher DDIM step from ``t_{i+1}`` to ``t_i`` gives
-  the target point, and an EMA copy of the student (``target_ema``, 0.95 by default) the target.
-  The student reuses the teacher's normalisation statistics.
+  student's noise levels are the teacher's DDPM timesteps every ``cd_stride`` (10) as
+  variance-exploding sigmas, ``sigma(t) = sqrt((1 - abar_t) / abar_t)``. From a level ``hi`` the
+  teacher's deterministic DDIM steps run down to a level ``lo`` and the student's ``f(x_hi)`` is
+  compared with the target ``f_target(x_lo)``. ``cd_jump = 1`` is Song et al.'s CD (adjacent levels,
+  an EMA target, ``target_ema`` 0.95); ``cd_jump = 0`` (the default) runs the teacher to the
+  boundary, where ``f(x, sigma_min) = x``, so the target is the teacher's own ODE solution from
+  ``x_hi``: CTM's soft consistency matching at its far end (Kim et al. 2024, which Consistency
+  Policy uses), or Luhman & Luhman's distillation at every noise level. Adjacent-level CD compounds
+  its per-level errors along the chain: on Push (state, 4,000 steps) its 1-step chunks were further
+  from the teacher's ODE solution (mean squared error 0.08-0.10) than the teacher's own 1-step
+  denoiser (0.033); regressing the ODE solution reached 0.015. ``cd_student = "teacher"`` (the
+  default) starts the student as a copy of the teacher's network in the teacher's coordinates
+  (``F`` sees ``x / sqrt(1 + sigma^2)`` and the DDPM timestep of ``sigma`` and predicts what the
+  teacher predicts, ``f = c_skip x + (1 - c_skip) x0_hat``), as Song et al. initialise CD from the
+  pretrained model: distillation starts from the teacher's DDIM-1 sampler instead of noise.
+  ``"scratch"`` uses the EDM parameterisation above with fresh weights. The student reuses the
+  teacher's normalisation statistics.
 
 Sampling noise levels (``sample_sigmas``): ``sigma_max`` first; for more steps the defaults are
 geometric between 0.8 and 0.1, where action chunks normalised to [-1, 1] still carry signal
@@ -56,7 +69,8 @@ from .diffusion import DiffusionPolicy, make_betas
 from .imitation import ConfigError, DeployModule, ExportModule, ImitationConfig, ImitationPolicy
 
 __all__ = ["ConsistencyConfig", "ConsistencyPolicy", "ConsistencyModule", "ConsistencyFnModule", "karras_sigmas",
-           "edm_scalings", "ct_num_scales", "schedule_sigmas", "teacher_sigmas", "multistep_sample", "ConsistencyAC"]
+           "edm_scalings", "ct_num_scales", "schedule_sigmas", "teacher_sigmas", "multistep_sample", "ConsistencyAC",
+           "check_student_overrides"]
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
@@ -107,8 +121,11 @@ class ConsistencyConfig(ImitationConfig):
     p_std: float = 2.0
     loss: str = "pseudo_huber"                   # "pseudo_huber" or "l2"
     dsm_weight: float = 0.0                      # ct: weight of an auxiliary denoising loss |f(x_sigma) - x_0|^2
-    target_ema: float = -1.0                     # EMA of the target network; -1 = auto (ct 0, cd 0.95)
-    cd_stride: int = 1                           # cd: teacher timesteps between adjacent student sigmas
+    target_ema: float = -1.0                     # EMA of the target network; -1 = auto (ct 0, cd 0.95, none with cd_jump 0)
+    cd_stride: int = 10                          # cd: teacher timesteps between adjacent student sigmas
+    cd_jump: int = 0                             # cd: teacher steps per target: 0 = down to the boundary, k = 1..k
+    cd_student: str = "teacher"                  # cd: "teacher" (start from the teacher's weights, in its coordinates) or "scratch"
+    cd_prediction_type: str = "sample"           # cd: the teacher's prediction type (copied from the teacher)
     cd_num_train_timesteps: int = 100            # cd: the teacher's schedule (copied from the teacher)
     cd_beta_schedule: str = "squaredcos_cap_v2"
     teacher: str = ""                            # cd: path of the teacher policy (train_imitation)
@@ -136,12 +153,23 @@ class ConsistencyConfig(ImitationConfig):
             raise ConfigError(f"dsm_weight must be >= 0, got {self.dsm_weight}")
         if self.ct_s0 < 1 or self.ct_s1 < self.ct_s0 or self.cd_stride < 1:
             raise ConfigError("need 1 <= ct_s0 <= ct_s1 and cd_stride >= 1")
+        if self.cd_student not in ("teacher", "scratch"):
+            raise ConfigError(f"cd_student={self.cd_student!r}; valid: 'teacher', 'scratch'")
+        if self.cd_prediction_type not in ("sample", "epsilon"):
+            raise ConfigError(f"cd_prediction_type={self.cd_prediction_type!r}; valid: 'sample', 'epsilon'")
+        if self.cd_jump < 0:
+            raise ConfigError(f"cd_jump must be >= 0 (0 = any number of teacher steps), got {self.cd_jump}")
+
+    @property
+    def teacher_coordinates(self) -> bool:
+        """Whether ``F`` is a teacher-shaped denoiser (distillation that starts from the teacher)."""
+        return self.mode == "cd" and self.cd_student == "teacher"
 
     @property
     def target_decay(self) -> float:
         if self.target_ema >= 0:
             return self.target_ema
-        return 0.0 if self.mode == "ct" else 0.95
+        return 0.0 if self.mode == "ct" or self.cd_jump == 0 else 0.95
 
 
 class ConsistencyPolicy(ImitationPolicy):
@@ -160,19 +188,36 @@ class ConsistencyPolicy(ImitationPolicy):
             if config.mode != "cd":
                 config = config.replace(mode="cd")
             sig = teacher_sigmas(teacher, config.cd_stride)[1]
+            tc = teacher.config
             config = config.replace(sigma_min=float(sig[0]), sigma_max=float(sig[-1]),
-                                    cd_num_train_timesteps=teacher.config.num_train_timesteps,
-                                    cd_beta_schedule=teacher.config.beta_schedule)
+                                    cd_num_train_timesteps=tc.num_train_timesteps, cd_beta_schedule=tc.beta_schedule,
+                                    cd_prediction_type=tc.prediction_type)
+            if config.cd_student == "teacher":  # the student is a copy of the teacher's network
+                config = config.replace(denoiser=tc.denoiser, down_dims=tc.down_dims, kernel_size=tc.kernel_size,
+                                        n_groups=tc.n_groups, time_embed_dim=tc.time_embed_dim,
+                                        mlp_hidden=tc.mlp_hidden)
         super().__init__(config, obs_shapes, obs_dtypes, action_dim, action_low, action_high, metadata)
         c = config
         self.denoiser = make_denoiser(c.denoiser, self.action_dim, c.horizon, self.obs_feature_dim,
                                       time_embed_dim=c.time_embed_dim, down_dims=c.down_dims,
                                       kernel_size=c.kernel_size, n_groups=c.n_groups, mlp_hidden=c.mlp_hidden)
+        if c.teacher_coordinates:  # log sigma of every teacher timestep, to map a sigma to its (fractional) timestep
+            log_sig = np.log(schedule_sigmas(c.cd_num_train_timesteps, c.cd_beta_schedule)[1])
+            self.register_buffer("_teacher_log_sigma", torch.as_tensor(log_sig, dtype=torch.float32), persistent=False)
         if teacher is not None:
             self._check_teacher(teacher)
+            if c.teacher_coordinates:
+                self.denoiser.load_state_dict(teacher.denoiser.state_dict())
             self._aux["teacher"] = teacher.eval().requires_grad_(False)
             self.metadata["teacher"] = teacher.metadata.get("path", "")
         self._aux["target"] = None
+
+    @classmethod
+    def from_description(cls, desc):
+        cfg = dict(desc["config"])
+        if cfg.get("mode") == "cd" and "cd_student" not in cfg:  # files written before cd_student existed
+            desc = {**desc, "config": {**cfg, "cd_student": "scratch"}}
+        return super().from_description(desc)
 
     # ------------------------------------------------------------------ model
     def _check_teacher(self, teacher: DiffusionPolicy) -> None:
@@ -201,8 +246,23 @@ class ConsistencyPolicy(ImitationPolicy):
             sigma = sigma.expand(b)
         s = sigma.to(x.dtype).reshape(b, 1, 1)
         c_skip, c_out, c_in = edm_scalings(s, c.sigma_min, c.sigma_data)
+        if c.teacher_coordinates:
+            return c_skip * x + (1.0 - c_skip) * self._teacher_x0(x, sigma.to(x.dtype), cond, net or self.denoiser)
         out = (net or self.denoiser)(c_in * x, 250.0 * torch.log(sigma.to(x.dtype)), cond)
         return c_skip * x + c_out * out
+
+    def _teacher_x0(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """The clean chunk predicted by a teacher-shaped network at noise level ``sigma`` (``(B,)``).
+
+        The teacher sees the variance-preserving variable ``x / sqrt(1 + sigma^2)`` (``abar = 1 / (1 +
+        sigma^2)``) and the DDPM timestep of ``sigma``, interpolated linearly in log sigma between
+        the teacher's integer timesteps (exact on its grid, and a few elementwise ops in ONNX)."""
+        log_sig = self._teacher_log_sigma
+        frac = (torch.log(sigma).unsqueeze(-1) - log_sig[:-1]) / (log_sig[1:] - log_sig[:-1])
+        t = frac.clamp(0.0, 1.0).sum(-1)
+        s = sigma.reshape(-1, 1, 1)
+        out = net(x / (1.0 + s * s).sqrt(), t, cond)
+        return x - s * out if self.config.cd_prediction_type == "epsilon" else out
 
     @property
     def sample_sigmas(self) -> list[float]:
@@ -287,34 +347,66 @@ class ConsistencyPolicy(ImitationPolicy):
         if teacher is None:
             raise RuntimeError("consistency distillation (mode='cd') needs a teacher: build the policy with "
                                "teacher=DiffusionPolicy.load(...) or pass teacher=<path> to train_imitation")
+        c = self.config
         x0 = batch["action"]
         b = x0.shape[0]
-        ts, sig = teacher_sigmas(teacher, self.config.cd_stride)
-        i = torch.randint(0, len(ts) - 1, (b,), generator=gen)
+        dev = x0.device
+        ts, sig = teacher_sigmas(teacher, c.cd_stride)
+        n = len(ts)
+        # the start level hi in 1..n-1; the end level lo = 0 (cd_jump = 0: the teacher's whole ODE) or
+        # hi - jump with jump uniform in 1..min(cd_jump, hi)
+        hi = torch.randint(1, n, (b,), generator=gen)
+        if c.cd_jump == 0:
+            jump = hi.clone()
+        else:
+            max_jump = torch.clamp(hi, max=c.cd_jump)
+            jump = 1 + (torch.rand(b, generator=gen) * max_jump).long().clamp(max=max_jump - 1)
+        lo = hi - jump
         sig_t = torch.as_tensor(sig, dtype=torch.float32)
         ab = torch.as_tensor(teacher.alphas_cumprod[ts], dtype=torch.float32)
-        dev = x0.device
-        t_hi = torch.as_tensor(ts, dtype=torch.long)[i + 1].to(dev)
-        s_lo, s_hi = sig_t[i].view(b, 1, 1).to(dev), sig_t[i + 1].view(b, 1, 1).to(dev)
+        ts_t = torch.as_tensor(ts, dtype=torch.long)
         z = torch.randn(x0.shape, generator=gen).to(dev)
+        s_hi = sig_t[hi].view(b, 1, 1).to(dev)
         x_hi = x0 + s_hi * z
         cond = self.encode_obs(batch["obs"])
         with torch.no_grad():
             tcond = teacher.encode_obs(batch["obs"])
-            a_hi = ab[i + 1].view(b, 1, 1).to(dev)
-            x_vp = x_hi * a_hi.sqrt()  # the teacher's variance-preserving variable
-            out = teacher.denoiser(x_vp, t_hi, tcond)
-            if teacher.config.prediction_type == "epsilon":
-                x0_hat = (x_vp - (1 - a_hi).sqrt() * out) / a_hi.sqrt()
+            x, cur = x_hi.clone(), hi.clone()
+            for _ in range(int(jump.max())):  # teacher DDIM steps, one level at a time, for the items above lo
+                idx = (cur > lo).nonzero().squeeze(1)
+                now, nxt = cur[idx], cur[idx] - 1
+                k = idx.to(dev)
+                x[k] = self._teacher_step(teacher, x[k], ts_t[now].to(dev), ab[now].view(-1, 1, 1).to(dev),
+                                          sig_t[nxt].view(-1, 1, 1).to(dev), tcond[k])
+                cur[idx] = nxt
+            if c.cd_jump == 0:  # f(x, sigma_min) = x: the target is the teacher's ODE solution itself
+                target = x
             else:
-                x0_hat = out
-            if teacher.config.clip_sample:
-                x0_hat = x0_hat.clamp(-1.0, 1.0)
-            eps_hat = (x_vp - a_hi.sqrt() * x0_hat) / (1 - a_hi).sqrt()
-            x_lo = x0_hat + s_lo * eps_hat  # one DDIM step t_{i+1} -> t_i, in VE coordinates
-            target = self.consistency_fn(x_lo, s_lo.view(b), cond.detach(), self._target_net())
+                target = self.consistency_fn(x, sig_t[lo].to(dev), cond.detach(), self._target_net())
         pred = self.consistency_fn(x_hi, s_hi.view(b), cond)
-        return self._distance(pred, target).mean(), {}
+        loss = self._distance(pred, target).mean()
+        info = {"jump": float(jump.float().mean())}
+        if c.dsm_weight > 0:
+            dsm = (pred - x0).pow(2).mean()
+            loss = loss + c.dsm_weight * dsm
+            info["dsm"] = float(dsm.detach())
+        return loss, info
+
+    @staticmethod
+    def _teacher_step(teacher: DiffusionPolicy, x: torch.Tensor, t: torch.Tensor, a_hi: torch.Tensor,
+                      s_lo: torch.Tensor, tcond: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step of the teacher from timestep ``t`` (``abar = a_hi``) to the
+        level ``s_lo``, in variance-exploding coordinates ``x = x_0 + sigma * eps``."""
+        x_vp = x * a_hi.sqrt()  # the teacher's variance-preserving variable
+        out = teacher.denoiser(x_vp, t, tcond)
+        if teacher.config.prediction_type == "epsilon":
+            x0_hat = (x_vp - (1 - a_hi).sqrt() * out) / a_hi.sqrt()
+        else:
+            x0_hat = out
+        if teacher.config.clip_sample:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = (x_vp - a_hi.sqrt() * x0_hat) / (1 - a_hi).sqrt()
+        return x0_hat + s_lo * eps_hat
 
     # ------------------------------------------------------------------ export
     def export_modules(self) -> dict[str, nn.Module]:
@@ -324,6 +416,22 @@ class ConsistencyPolicy(ImitationPolicy):
         sampler = ConsistencyModule(self)
         return {"sampler": sampler, "consistency_fn": ConsistencyFnModule(self),
                 "deploy": DeployModule(sampler, [(self.horizon, self.action_dim)] * sampler.k)}
+
+
+TEACHER_SHAPE_FIELDS = ("denoiser", "down_dims", "kernel_size", "n_groups", "time_embed_dim", "mlp_hidden")
+
+
+def check_student_overrides(overrides: Mapping[str, Any], teacher: DiffusionPolicy) -> None:
+    """Refuse network-shape overrides that a student starting from ``teacher`` cannot honour
+    (``cd_student="teacher"`` copies the teacher's network), naming the field."""
+    if overrides.get("cd_student", "teacher") != "teacher":
+        return
+    for k in TEACHER_SHAPE_FIELDS:
+        if k in overrides:
+            mine, theirs = overrides[k], getattr(teacher.config, k)
+            if (tuple(mine) if isinstance(mine, (list, tuple)) else mine) != theirs:
+                raise ConfigError(f"{k}={mine!r} differs from the teacher's {theirs!r}: a distilled student starts as "
+                                  "a copy of the teacher's network; drop the override or set cd_student=scratch")
 
 
 def schedule_sigmas(num_train_timesteps: int, beta_schedule: str, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:

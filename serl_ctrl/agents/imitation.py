@@ -910,7 +910,10 @@ def build_imitation(algo: str, demos_dir: str | Path, overrides: Mapping[str, An
     if algo == "consistency" and overrides.get("teacher"):
         from .diffusion import DiffusionPolicy
 
+        from .consistency import check_student_overrides
+
         teacher = DiffusionPolicy.load(overrides["teacher"])
+        check_student_overrides(overrides, teacher)
         overrides.setdefault("mode", "cd")
     cfg = klass.config_class.from_dict(overrides)
     episodes = load_episodes(demos_dir)
