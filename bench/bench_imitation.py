@@ -18,7 +18,7 @@
    is the baseline for reactivity.
 4. **Multimodality** (Avoid: the expert passes the pillar left or right by a coin flip): success,
    collisions and which side was taken; consistency with and without the denoising term (and
-   distilled, with ``--distill``), at 1 and 3 steps; noise-drawing samplers with fresh and with zero
+   distilled, with ``--distill``), at 1, 2 and 3 steps; noise-drawing samplers with fresh and with zero
    noise (the deployed default).
 
     python bench/bench_imitation.py --only success        # table 1, state: ~31 min (one core busy)
@@ -338,7 +338,7 @@ def bench_modes(args, root: Path, results: dict) -> None:
         teacher = trained.get("diffusion (x0-pred) DDIM-10") if cfg.get("mode") == "cd" else None
         pol, m = train(cls, ds, cfg, steps, args.seed, teacher=teacher, device=args.device)
         trained[base] = pol
-        for n_steps in ((1, 3) if cls is ConsistencyPolicy else (None,)):
+        for n_steps in ((1, 2, 3) if cls is ConsistencyPolicy else (None,)):
             name = base
             if n_steps is not None:
                 pol.config.num_inference_steps = n_steps

@@ -120,7 +120,7 @@ class ConsistencyConfig(ImitationConfig):
     p_mean: float = -1.1                         # ct: log-normal over noise levels
     p_std: float = 2.0
     loss: str = "pseudo_huber"                   # "pseudo_huber" or "l2"
-    dsm_weight: float = 0.0                      # ct: weight of an auxiliary denoising loss |f(x_sigma) - x_0|^2
+    dsm_weight: float = 0.0                      # weight of an auxiliary denoising loss |f(x_sigma) - x_0|^2
     target_ema: float = -1.0                     # EMA of the target network; -1 = auto (ct 0, cd 0.95, none with cd_jump 0)
     cd_stride: int = 10                          # cd: teacher timesteps between adjacent student sigmas
     cd_jump: int = 0                             # cd: teacher steps per target: 0 = down to the boundary, k = 1..k
@@ -158,7 +158,7 @@ class ConsistencyConfig(ImitationConfig):
         if self.cd_prediction_type not in ("sample", "epsilon"):
             raise ConfigError(f"cd_prediction_type={self.cd_prediction_type!r}; valid: 'sample', 'epsilon'")
         if self.cd_jump < 0:
-            raise ConfigError(f"cd_jump must be >= 0 (0 = any number of teacher steps), got {self.cd_jump}")
+            raise ConfigError(f"cd_jump must be >= 0 (0 = down to the boundary), got {self.cd_jump}")
 
     @property
     def teacher_coordinates(self) -> bool:

@@ -908,9 +908,8 @@ def build_imitation(algo: str, demos_dir: str | Path, overrides: Mapping[str, An
     overrides = dict(overrides or {})
     teacher = None
     if algo == "consistency" and overrides.get("teacher"):
-        from .diffusion import DiffusionPolicy
-
         from .consistency import check_student_overrides
+        from .diffusion import DiffusionPolicy
 
         teacher = DiffusionPolicy.load(overrides["teacher"])
         check_student_overrides(overrides, teacher)
