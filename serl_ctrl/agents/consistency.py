@@ -39,7 +39,10 @@ Two ways to train (``mode``):
   default) starts the student as a copy of the teacher's network in the teacher's coordinates
   (``F`` sees ``x / sqrt(1 + sigma^2)`` and the DDPM timestep of ``sigma`` and predicts what the
   teacher predicts, ``f = c_skip x + (1 - c_skip) x0_hat``), as Song et al. initialise CD from the
-  pretrained model: distillation starts from the teacher's DDIM-1 sampler instead of noise.
+  pretrained model: distillation starts from the teacher's DDIM-1 sampler instead of noise. There
+  ``c_skip`` falls off on the scale of ``sigma_min`` instead of ``sigma_data`` (``f(x, sigma_min) = x``
+  still): with ``sigma_data``'s, ``f`` kept 90 % of the noisy input at sigma 0.19, the student had to
+  amplify its output tenfold to cancel it, and 3-step sampling fell to 42 % on Push against 76 %.
   ``"scratch"`` uses the EDM parameterisation above with fresh weights. The student reuses the
   teacher's normalisation statistics.
 
@@ -245,9 +248,10 @@ class ConsistencyPolicy(ImitationPolicy):
         if sigma.dim() == 0:
             sigma = sigma.expand(b)
         s = sigma.to(x.dtype).reshape(b, 1, 1)
-        c_skip, c_out, c_in = edm_scalings(s, c.sigma_min, c.sigma_data)
-        if c.teacher_coordinates:
+        if c.teacher_coordinates:  # c_skip falls off on the scale of sigma_min (module docstring)
+            c_skip = edm_scalings(s, c.sigma_min, c.sigma_min)[0]
             return c_skip * x + (1.0 - c_skip) * self._teacher_x0(x, sigma.to(x.dtype), cond, net or self.denoiser)
+        c_skip, c_out, c_in = edm_scalings(s, c.sigma_min, c.sigma_data)
         out = (net or self.denoiser)(c_in * x, 250.0 * torch.log(sigma.to(x.dtype)), cond)
         return c_skip * x + c_out * out
 
