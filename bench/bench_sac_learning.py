@@ -21,6 +21,7 @@ seeds, each seed's value, final success) and writes a learning-curve PNG and a J
         [--seeds 0 1 2] [--steps 10000] [--variants ours,ours-nodemo,sb3] [--out runs/bench_sac]
         [--stop-at-target] [--obs pixels --target 0.8 --set sac.batch_size=128 ...]
     python bench/bench_sac_learning.py --report DIR [DIR ...] --out DIR   # merge runs made separately
+                                                        # (titled from their settings.json)
 
 Slow by nature (each run is minutes to tens of minutes on 2 cores); runs are sequential so each
 gets the whole machine, as the wall-clock goal assumes.
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
         p.error(f"--target must be in (0, 1], got {args.target}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS).write_text(json.dumps(settings(args), indent=1))
 
     from serl_ctrl.data.demos import record_demonstrations
 
@@ -187,20 +189,48 @@ def main(argv=None) -> int:
     return 0
 
 
+SETTINGS = "settings.json"  # what a run measured, so --report titles it without the flags repeated
+TITLED = ("task", "obs", "reward", "demos")
+
+
+def settings(args) -> dict:
+    return {k: getattr(args, k) for k in (*TITLED, "steps", "eval_every", "eval_episodes")}
+
+
 def report(args) -> int:
-    """Merge earlier runs' curves.json into one table and plot (budgets per variant: its last row)."""
+    """Merge earlier runs' curves.json into one table and plot (budgets per variant: its last row).
+
+    The title comes from the runs' settings.json (runs made before it existed: from the flags).
+    Runs that measured different tasks, observations, rewards or demo counts are refused, since
+    one table of them would compare unlike things."""
     curves: dict = {}
+    merged: dict | None = None
+    first = None
     for d in args.report:
         path = Path(d) / "curves.json"
         if not path.is_file():
             raise SystemExit(f"--report: {path} does not exist")
+        spath = Path(d) / SETTINGS
+        if spath.is_file():
+            got = {k: json.loads(spath.read_text()).get(k) for k in TITLED}
+            if merged is None:
+                merged, first = got, spath
+            elif got != merged:
+                diff = ", ".join(f"{k} {merged[k]!r} vs {got[k]!r}" for k in TITLED if got[k] != merged[k])
+                raise SystemExit(f"--report: {spath} and {first} measured different settings ({diff})")
         for key, rows in json.loads(path.read_text()).items():
             variant, seed = key.rsplit("/", 1)
             curves[(variant, int(seed))] = rows
+    if merged is not None:
+        for k, v in merged.items():
+            setattr(args, k, v)
     variants = [v for v in VARIANTS if any(k[0] == v for k in curves)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "curves.json").write_text(json.dumps({f"{v}/{s}": r for (v, s), r in curves.items()}, indent=1))
+    if merged is not None:
+        (out / SETTINGS).write_text(json.dumps(merged, indent=1))
+    print(f"\n{_title(args)}\n")
     table(curves, variants, out, _title(args), args.target)
     return 0
 
