@@ -99,7 +99,8 @@ def main() -> None:
     t = time.perf_counter()
     actor, dataset = build_imitation("consistency", folder, actor_cfg, seed=args.seed)
     agent = ConsistencyAC(actor, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
-                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, critic_lr=cfg.critic_lr, seed=args.seed)
+                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, anchor_weight=cfg.anchor_weight,
+                          critic_lr=cfg.critic_lr, seed=args.seed)
     total = args.steps + cfg.online_steps * cfg.utd
     offline = agent.train(dataset, args.steps, total_steps=total)
     wall_off = time.perf_counter() - t

@@ -42,7 +42,7 @@ def test_settings_are_split_and_validated_naming_the_field():
                        ({"online_steps": -5}, "online_steps"), ({"n_critics": 1.5}, "n_critics"),
                        ({"gamma": 1.0}, "gamma"), ({"eta": "lots"}, "eta"), ({"horizon": 0}, "horizon"),
                        ({"mode": "cd"}, "mode"), ({"critic_hidden": [0]}, "critic_hidden"),
-                       ({"critic_hidden": "a,b"}, "critic_hidden")]:
+                       ({"critic_hidden": "a,b"}, "critic_hidden"), ({"anchor_weight": -1}, "anchor_weight")]:
         with pytest.raises(ConfigError, match=field):
             split_overrides(bad)
     with pytest.raises(ConfigError, match="unknown consistency-ac field.*etaa.*valid:.*demo_fraction.*horizon"):
@@ -63,6 +63,50 @@ def test_mixed_batches_take_the_demo_fraction_from_the_demos():
     assert batch["action"].shape == (64, 2, 2) and batch["reward"].shape == (64,)
     assert from_online.sum() == 48 and (batch["next_obs"]["x"][from_online, 0, 1] == 99.0).all()
     assert not (mixed_batch(demo, None, 64, 0.25, rng)["obs"]["x"][:, 0, 1] == 99.0).any()  # no online data yet
+
+
+def _agent(reach_demos, **kw):
+    cfg, actor_cfg = split_overrides(TINY)
+    policy, demos = build_imitation("consistency", reach_demos, actor_cfg, seed=0)
+    demos.prepare_td(policy.n_action_steps, cfg.gamma)
+    return ConsistencyAC(policy, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, seed=0, **kw), demos
+
+
+def test_cloning_terms_read_only_the_first_n_bc_rows(reach_demos):
+    """The online phase's own episodes train the critic, never the cloning terms: with n_bc = 16,
+    rows 16.. may hold any actions and the BC and anchor losses stay bit for bit the same."""
+    outs = []
+    for junk in (False, True):
+        agent, demos = _agent(reach_demos)
+        raw = demos.sample(32, np.random.default_rng(0))
+        if junk:
+            raw["action"][16:] = 0.9 * raw["action"][16:].max()
+        gen = torch.Generator().manual_seed(0)
+        outs.append(agent.update(agent.actor.batch_to_torch(raw, gen), gen, n_bc=16))
+    assert outs[0]["bc_loss"] == outs[1]["bc_loss"] and outs[0]["anchor"] == outs[1]["anchor"]
+    assert outs[0]["critic_loss"] != outs[1]["critic_loss"]  # the critic did read them
+    agent, _ = _agent(reach_demos)
+    with pytest.raises(ValueError, match="n_bc=0"):
+        agent.update(agent.actor.batch_to_torch(raw, gen), gen, n_bc=0)
+
+
+def test_anchor_pulls_the_chunks_the_critic_scores_onto_the_demos(reach_demos):
+    """The anchor (TD3+BC's cloning of the action the critic scores) regresses the actor's sampled
+    macro action, from the noisiest level as 1-step sampling draws it, onto the demonstrated one:
+    trained on the anchor alone, the samples close most of their distance to the demos; the
+    consistency loss alone, which barely weighs that level, closes less in as many updates."""
+    def distance(steps, **weights):
+        agent, demos = _agent(reach_demos, **weights)
+        agent.train(demos, steps)
+        batch = agent.actor.batch_to_torch(demos.sample(256, np.random.default_rng(7)))
+        with torch.no_grad():
+            a_pi = agent._sample(agent.actor.encode_obs(batch["obs"]), torch.Generator().manual_seed(1))
+        return float((a_pi - batch["action"][:, : agent.k].reshape(256, -1)).pow(2).mean())
+
+    start = distance(0)
+    anchor_only = distance(600, eta=0.0, bc_weight=0.0, anchor_weight=1.0)
+    bc_only = distance(600, eta=0.0, bc_weight=1.0, anchor_weight=0.0)
+    assert anchor_only < 0.3 * start and anchor_only < 0.7 * bc_only, (start, anchor_only, bc_only)
 
 
 def test_online_phase_collects_episodes_and_keeps_updating_the_critic(reach_demos):

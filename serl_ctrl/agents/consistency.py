@@ -514,6 +514,11 @@ class ConsistencyFnModule(ExportModule):
 # ============================================================================ Consistency-AC
 
 
+def _first_rows(batch: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` rows of a (nested) batch of tensors."""
+    return {k: _first_rows(v, n) if isinstance(v, Mapping) else v[:n] for k, v in batch.items()}
+
+
 class ConsistencyAC:
     """Consistency-AC (Ding & Jin 2024): a consistency actor trained with BC + Q, offline.
 
@@ -524,9 +529,16 @@ class ConsistencyAC:
     ``r + gamma^m * min_i Q'_i(s', a')`` with ``a'`` sampled from the actor (no gradient), Polyak
     targets.
 
-    Actor: ``bc_weight * L_consistency + eta * (-Q(s, a_pi) / mean|Q|)`` with ``a_pi`` a sample of the
-    actor WITH gradient (its ``num_inference_steps`` consistency steps), Q the mean over the
-    ensemble, normalised by its detached mean magnitude as in TD3+BC.
+    Actor: ``bc_weight * L_consistency + eta * (-Q(s, a_pi) / mean|Q|) + anchor_weight * |a_pi - a|^2``
+    with ``a_pi`` a sample of the actor WITH gradient (its ``num_inference_steps`` consistency steps),
+    Q the mean over the ensemble, normalised by its detached mean magnitude as in TD3+BC, and ``a``
+    the demonstrated macro action. The anchor is TD3+BC's behaviour cloning on the very action the
+    critic scores: the consistency loss weighs the noisiest level, where 1-step sampling starts, by
+    1 / (sigma_{n+1} - sigma_n), so little that without it the Q term moved the 1-step chunks off the
+    data within a few hundred updates (Push, bench/bench_consistency_ac.py: 0% success at eta 1).
+    ``update(..., n_bc=n)`` takes both cloning terms on the first ``n`` rows only: the online phase
+    puts the demonstrations there and leaves its own episodes to the critic, so the actor does not
+    imitate its failures.
 
     ``train(dataset, steps)`` runs offline on a :class:`ChunkDataset` (rewards and terminations
     come from the episodes); ``update(batch, ...)`` is one step on any batch with TD fields (the
@@ -536,7 +548,7 @@ class ConsistencyAC:
 
     def __init__(self, actor: ConsistencyPolicy, *, n_critics: int = 2, critic_hidden: Sequence[int] = (256, 256),
                  gamma: float = 0.99, tau: float = 0.005, eta: float = 1.0, bc_weight: float = 1.0,
-                 critic_lr: float = 3e-4, seed: int = 0) -> None:
+                 anchor_weight: float = 1.0, critic_lr: float = 3e-4, seed: int = 0) -> None:
         from .sac import EnsembleCritic
 
         if actor.spec.image_keys:
@@ -544,6 +556,7 @@ class ConsistencyAC:
                                       "actor's detached features; an image critic needs its own encoder)")
         self.actor = actor
         self.gamma, self.tau, self.eta, self.bc_weight = float(gamma), float(tau), float(eta), float(bc_weight)
+        self.anchor_weight = float(anchor_weight)
         self.k = actor.n_action_steps
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -587,10 +600,15 @@ class ConsistencyAC:
         z = torch.randn(self.actor.noise_shape(cond.shape[0]), generator=gen).to(cond.device)
         return multistep_sample(self.actor, cond, z, self.actor.sample_sigmas)[:, : self.k].reshape(cond.shape[0], -1)
 
-    def update(self, batch: Mapping[str, Any], gen: torch.Generator, step: int = 0, total_steps: int = 1) -> dict:
-        """One critic and one actor step on a ``batch_to_torch`` batch with TD fields."""
+    def update(self, batch: Mapping[str, Any], gen: torch.Generator, step: int = 0, total_steps: int = 1,
+               n_bc: int | None = None) -> dict:
+        """One critic and one actor step on a ``batch_to_torch`` batch with TD fields; the cloning
+        terms use its first ``n_bc`` rows (default: all)."""
         actor = self.actor
         b = batch["action"].shape[0]
+        n_bc = b if n_bc is None else int(n_bc)
+        if not 0 < n_bc <= b:
+            raise ValueError(f"n_bc={n_bc}: must be in 1..{b} (the batch's rows)")
         cond = actor.encode_obs(batch["obs"])
         feat = cond.detach()
         with torch.no_grad():
@@ -603,12 +621,14 @@ class ConsistencyAC:
         critic_loss.backward()
         self.critic_opt.step()
 
-        bc_loss, _ = actor.compute_loss(batch, gen, step, total_steps)
+        bc_loss, _ = actor.compute_loss(_first_rows(batch, n_bc) if n_bc < b else batch, gen, step, total_steps)
         self.critic.requires_grad_(False)
-        q_pi = self.critic(feat, self._sample(cond, gen)).mean(dim=0)
+        a_pi = self._sample(cond, gen)
+        q_pi = self.critic(feat, a_pi).mean(dim=0)
         self.critic.requires_grad_(True)
         q_loss = -q_pi.mean() / q_pi.detach().abs().mean().clamp(min=1e-6)
-        loss = self.bc_weight * bc_loss + self.eta * q_loss
+        anchor = (a_pi[:n_bc] - batch["action"][:n_bc, : self.k].reshape(n_bc, -1)).pow(2).mean()
+        loss = self.bc_weight * bc_loss + self.eta * q_loss + self.anchor_weight * anchor
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         if actor.config.grad_clip > 0:
@@ -620,7 +640,7 @@ class ConsistencyAC:
                 pt.lerp_(p, self.tau)
         self.updates += 1
         return {"critic_loss": float(critic_loss.detach()), "bc_loss": float(bc_loss.detach()),
-                "q": float(q_pi.detach().mean())}
+                "anchor": float(anchor.detach()), "q": float(q_pi.detach().mean())}
 
     def train(self, dataset, steps: int, progress=None, total_steps: int | None = None, *, start: int = 0,
               gen: torch.Generator | None = None, rng: np.random.Generator | None = None,

@@ -49,8 +49,8 @@ from .imitation_run import EVAL_SEED, finish_run
 
 ALGO = "consistency-ac"
 
-__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "RunState", "mixed_batch",
-           "train_consistency_ac", "run_consistency_ac"]
+__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "RunState", "demo_rows",
+           "mixed_batch", "train_consistency_ac", "run_consistency_ac"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ConsistencyACConfig:
 
     eta: float = 1.0                         # weight of the Q term -Q(s, a_pi) / mean|Q|
     bc_weight: float = 1.0                   # weight of the consistency (BC) loss
+    anchor_weight: float = 1.0               # weight of |a_pi - a_demo|^2 on the action Q scores (TD3+BC)
     n_critics: int = 2                       # Q networks in the critic ensemble
     critic_hidden: tuple[int, ...] = (256, 256)
     critic_lr: float = 3e-4
@@ -84,7 +85,9 @@ class ConsistencyACConfig:
              "critic_hidden", "must be positive layer widths, e.g. 256,256 or [256, 256]")
         need(self.eta >= 0, "eta", "must be >= 0")
         need(self.bc_weight >= 0, "bc_weight", "must be >= 0")
-        need(self.eta > 0 or self.bc_weight > 0, "eta", "eta and bc_weight cannot both be 0")
+        need(self.anchor_weight >= 0, "anchor_weight", "must be >= 0")
+        need(self.eta > 0 or self.bc_weight > 0 or self.anchor_weight > 0, "eta",
+             "eta, bc_weight and anchor_weight cannot all be 0")
         need(self.critic_lr > 0, "critic_lr", "must be > 0")
         need(0.0 <= self.gamma < 1.0, "gamma", "must be in [0, 1)")
         need(0.0 < self.tau <= 1.0, "tau", "must be in (0, 1]")
@@ -138,11 +141,16 @@ def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[ConsistencyACC
     return cfg, data
 
 
+def demo_rows(online: ChunkDataset | None, batch_size: int, demo_fraction: float) -> int:
+    """How many of a ``mixed_batch``'s rows (its first ones) come from the demos."""
+    return batch_size if online is None else int(round(batch_size * demo_fraction))
+
+
 def mixed_batch(demo: ChunkDataset, online: ChunkDataset | None, batch_size: int, demo_fraction: float,
                 rng: np.random.Generator) -> dict[str, Any]:
-    """RLPD's symmetric sampling: ``round(batch_size * demo_fraction)`` windows from the demos and
-    the rest from the online data (all from the demos while there is none)."""
-    n_demo = batch_size if online is None else int(round(batch_size * demo_fraction))
+    """RLPD's symmetric sampling: ``round(batch_size * demo_fraction)`` windows from the demos (the
+    first rows) and the rest from the online data (all from the demos while there is none)."""
+    n_demo = demo_rows(online, batch_size, demo_fraction)
     parts = [d.sample(n, rng) for d, n in ((demo, n_demo), (online, batch_size - n_demo)) if n > 0]
     if len(parts) == 1:
         return parts[0]
@@ -302,7 +310,8 @@ class OnlineFinetuner:
                     raw = mixed_batch(self.demo, self.online_data, policy.config.batch_size, cfg.demo_fraction,
                                       self.rng)
                     batch = policy.batch_to_torch(raw, self.gen, augment=True)
-                    info = agent.update(batch, self.gen, agent.updates, total)
+                    n_bc = demo_rows(self.online_data, policy.config.batch_size, cfg.demo_fraction)
+                    info = agent.update(batch, self.gen, agent.updates, total, n_bc=n_bc)
                 policy.eval()
                 if self.step % cfg.eval_every == 0 or self.step == cfg.online_steps:
                     row = self.evaluate(self.step, info)
@@ -392,7 +401,8 @@ def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[
     if cfg.online_steps and not task:
         raise ValueError(f"{ALGO}: online_steps={cfg.online_steps} needs a task: pass --task")
     agent = ConsistencyAC(policy, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
-                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, critic_lr=cfg.critic_lr, seed=seed)
+                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, anchor_weight=cfg.anchor_weight,
+                          critic_lr=cfg.critic_lr, seed=seed)
     total = steps + cfg.online_steps * cfg.utd
     state = RunState(agent)
     run_id = {"algo": ALGO, "steps": steps, "seed": seed, "task": task, "backend": backend,
