@@ -19,10 +19,13 @@ table (and the online learning curve), ``--json`` also one JSON line.
     python bench/bench_consistency_ac.py                  # ~12-15 min on 2 (busy) cores
     python bench/bench_consistency_ac.py --quick          # a smoke run (~1 min), numbers meaningless
 
-Measured (2026-11-22, 2 cores at load ~5, seed 0): consistency BC 16 %; CAC offline 0 % (eta 1) and
-4 % (eta 0.05); offline -> online 0 % at both (eta 1 reached 20 % on 10 seeds at 2000 env steps,
-then 0 %). Outside this script, the same CAC loop at eta 0 gave 20 % and eta 0.2 gave 0 % (20 seeds):
-the Q term, as configured, hurts on Push from 62 demos; the critic fits the expert actions only.
+Measured before the anchor (2026-11-22, seed 0): consistency BC 16 %; CAC offline 0 % (eta 1) and
+4 % (eta 0.05); offline -> online 0 %. With the anchor (``anchor_weight`` 1, TD3+BC's cloning of the
+action the critic scores; 2026-11-23, load ~1-2, ~4 min a run): seed 0 BC 16 %, CAC offline 30 %,
+online 28 %; seed 1 12 %, 26 %, 26 %; ``--eta 0`` (the CAC loop with the anchor, no Q term) 48 %
+offline, 40 % online. The anchor makes the loop a better cloner than ``train_policy``'s
+consistency BC; the Q term itself still costs ~20 points on Push from 62 expert demos, whose
+critic sees expert actions only.
 """
 
 from __future__ import annotations
