@@ -44,6 +44,7 @@ from serl_ctrl.agents.consistency_ac_run import OnlineFinetuner, split_overrides
 from serl_ctrl.agents.imitation import build_imitation, rollout_success, train_policy
 from serl_ctrl.agents.imitation_run import EVAL_SEED
 from serl_ctrl.data.demos import record_demonstrations
+from serl_ctrl.utils.progress import progress
 
 ACTOR = {"lr": 1e-3, "batch_size": 128, "n_obs_steps": 2, "horizon": 16, "n_action_steps": 8, "denoiser": "mlp",
          "mlp_hidden": [256, 256, 256], "mode": "ct", "dsm_weight": 1.0}
@@ -62,7 +63,7 @@ def demos(task: str, n: int, root: Path, noise: float) -> Path:
 
 
 def success(policy, task: str, seeds: int) -> float:
-    return rollout_success(policy, task, episodes=seeds, seed=EVAL_SEED)["success_rate"]
+    return rollout_success(policy, task, episodes=seeds, seed=EVAL_SEED, progress=progress)["success_rate"]
 
 
 def main() -> None:
@@ -94,7 +95,7 @@ def main() -> None:
 
     t = time.perf_counter()
     bc, dataset = build_imitation("consistency", folder, actor_cfg, seed=args.seed)
-    train_policy(bc, dataset, args.steps, seed=args.seed)
+    train_policy(bc, dataset, args.steps, seed=args.seed, progress=progress)
     wall = time.perf_counter() - t
     rows.append(("consistency BC", args.steps, 0, success(bc, args.task, args.eval_seeds), wall))
     log(f"consistency BC: {rows[-1][3]:.0%} ({wall:.0f} s train)")
@@ -105,14 +106,14 @@ def main() -> None:
                           tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, anchor_weight=cfg.anchor_weight,
                           critic_lr=cfg.critic_lr, seed=args.seed)
     total = args.steps + cfg.online_steps * cfg.utd
-    offline = agent.train(dataset, args.steps, total_steps=total)
+    offline = agent.train(dataset, args.steps, total_steps=total, progress=progress)
     wall_off = time.perf_counter() - t
     rows.append(("CAC offline", args.steps, 0, success(actor, args.task, args.eval_seeds), wall_off))
     log(f"CAC offline: {rows[-1][3]:.0%} ({wall_off:.0f} s train, critic loss {offline['critic_loss']:.3f})")
 
     t = time.perf_counter()
     tuner = OnlineFinetuner(agent, dataset, cfg, args.task, seed=args.seed, eval_episodes=args.online_eval_episodes,
-                            total_updates=total)
+                            total_updates=total, progress=progress)
     online = tuner.run()
     wall_on = time.perf_counter() - t
     rows.append(("CAC offline -> online", args.steps, args.online_steps, success(actor, args.task, args.eval_seeds),

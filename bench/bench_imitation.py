@@ -53,6 +53,7 @@ from serl_ctrl.agents.imitation import ChunkDataset, rollout_success, train_poli
 from serl_ctrl.data.demos import record_demonstrations
 from serl_ctrl.data.episodes import load_episodes
 from serl_ctrl.envs.perturb import ObjectJump
+from serl_ctrl.utils.progress import progress
 
 
 def log(msg: str) -> None:
@@ -113,13 +114,14 @@ def demos(task: str, n: int, root: Path, noise: float, obs: str = "state", jump:
 def train(cls, ds, cfg, steps, seed, teacher=None, device="cpu"):
     extra = {"teacher": teacher} if teacher is not None else {}
     policy = cls.from_dataset(ds, cfg, seed=seed, **extra)
-    m = train_policy(policy, ds, steps, seed=seed, log_every=max(steps // 4, 1), device=device)
+    m = train_policy(policy, ds, steps, seed=seed, log_every=max(steps // 4, 1), device=device,
+                     progress=progress)
     log(f"  trained {cls.algo} {steps} steps in {m['wall_s']:.0f} s, loss {m['final_loss']:.4f}")
     return policy, m
 
 
 def evaluate(policy, task, seeds, **kw):
-    r = rollout_success(policy, task, episodes=seeds, seed=1000, **kw)
+    r = rollout_success(policy, task, episodes=seeds, seed=1000, progress=progress, **kw)
     r.pop("records")
     return r
 
