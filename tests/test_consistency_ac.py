@@ -42,7 +42,8 @@ def test_settings_are_split_and_validated_naming_the_field():
                        ({"online_steps": -5}, "online_steps"), ({"n_critics": 1.5}, "n_critics"),
                        ({"gamma": 1.0}, "gamma"), ({"eta": "lots"}, "eta"), ({"horizon": 0}, "horizon"),
                        ({"mode": "cd"}, "mode"), ({"critic_hidden": [0]}, "critic_hidden"),
-                       ({"critic_hidden": "a,b"}, "critic_hidden"), ({"anchor_weight": -1}, "anchor_weight")]:
+                       ({"critic_hidden": "a,b"}, "critic_hidden"), ({"anchor_weight": -1}, "anchor_weight"),
+                       ({"cql_weight": -0.5}, "cql_weight")]:
         with pytest.raises(ConfigError, match=field):
             split_overrides(bad)
     with pytest.raises(ConfigError, match="unknown consistency-ac field.*etaa.*valid:.*demo_fraction.*horizon"):
@@ -107,6 +108,44 @@ def test_anchor_pulls_the_chunks_the_critic_scores_onto_the_demos(reach_demos):
     anchor_only = distance(600, eta=0.0, bc_weight=0.0, anchor_weight=1.0)
     bc_only = distance(600, eta=0.0, bc_weight=1.0, anchor_weight=0.0)
     assert anchor_only < 0.3 * start and anchor_only < 0.7 * bc_only, (start, anchor_only, bc_only)
+
+
+def test_td_fields_hold_the_chunk_return_and_its_discount():
+    """prepare_td(n, gamma): per window at t, the discounted reward of the n actions executed from t
+    (fewer at the episode's end, never past it), gamma^m or 0 once terminated, and the observation
+    m steps on."""
+    eps = toy_episodes(n=2, T=5)
+    eps[0].rewards[:] = [1, 2, 3, 4, 5]
+    eps[1].rewards[:] = [10, 0, 0, 0, 1]
+    eps[1].terminated[-1] = True
+    ds = ChunkDataset(eps, n_obs_steps=1, horizon=4)
+    g = 0.5
+    ds.prepare_td(2, g)
+    b = ds.get(np.arange(10))
+    np.testing.assert_allclose(b["reward"][[0, 3, 4, 5, 8, 9]], [1 + g * 2, 4 + g * 5, 5, 10, g * 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(b["discount"][[0, 4, 7, 8, 9]], [g ** 2, g, g ** 2, 0, 0])  # episode 1 terminates
+    assert (b["next_obs"]["x"][[0, 4, 5], 0].tolist() == [[2, 0], [5, 0], [2, 1]])
+
+
+def test_conservative_critic_scores_the_actors_chunks_below_the_demonstrated_ones(reach_demos):
+    """cql_weight adds CQL's gap Q(s, a_pi) - Q(s, a_data) to the critic's loss: after the same
+    updates (same draws, the actor pulled by the Q term alone), the critic with it scores the actor's
+    sampled chunks below the demonstrated ones, where the plain TD critic does not hold them down."""
+    def gap(cql_weight):
+        agent, demos = _agent(reach_demos, eta=1.0, bc_weight=0.0, anchor_weight=0.0, cql_weight=cql_weight)
+        info = agent.train(demos, 300)
+        batch = agent.actor.batch_to_torch(demos.sample(256, np.random.default_rng(7)))
+        with torch.no_grad():
+            feat = agent.actor.encode_obs(batch["obs"])
+            a_pi = agent._sample(feat, torch.Generator().manual_seed(1))
+            q_pi = agent.critic(feat, a_pi).mean()
+            q_data = agent.critic(feat, batch["action"][:, : agent.k].reshape(256, -1)).mean()
+        return float(q_pi - q_data), info
+
+    plain, info_plain = gap(0.0)
+    conservative, info = gap(5.0)
+    assert info_plain["q_gap"] == 0.0 and info["q_gap"] != 0.0  # reported only when the term is on
+    assert conservative < plain - 1.0, (plain, conservative)  # measured: -4.1 against +0.02
 
 
 def test_online_phase_collects_episodes_and_keeps_updating_the_critic(reach_demos):

@@ -527,7 +527,11 @@ class ConsistencyAC:
     ``n_action_steps`` actions of a chunk, flattened, in normalised units (what the runtime executes
     per inference, so the TD step is the ``n_action_steps``-step return of the chunk). TD target:
     ``r + gamma^m * min_i Q'_i(s', a')`` with ``a'`` sampled from the actor (no gradient), Polyak
-    targets.
+    targets. ``cql_weight`` (default 1; 0 turns it off) adds CQL's gap
+    ``cql_weight * mean(Q(s, a_pi) - Q(s, a_data))`` to the critic's loss, with the actor's own chunks
+    as CQL's proposal: from expert-only demos the critic has seen no other action, and without the gap
+    the Q term followed its extrapolation (Push, 3 seeds: 25% offline at weight 0, 40% at 1;
+    bench/bench_consistency_ac.py).
 
     Actor: ``bc_weight * L_consistency + eta * (-Q(s, a_pi) / mean|Q|) + anchor_weight * |a_pi - a|^2``
     with ``a_pi`` a sample of the actor WITH gradient (its ``num_inference_steps`` consistency steps),
@@ -548,7 +552,8 @@ class ConsistencyAC:
 
     def __init__(self, actor: ConsistencyPolicy, *, n_critics: int = 2, critic_hidden: Sequence[int] = (256, 256),
                  gamma: float = 0.99, tau: float = 0.005, eta: float = 1.0, bc_weight: float = 1.0,
-                 anchor_weight: float = 1.0, critic_lr: float = 3e-4, seed: int = 0) -> None:
+                 anchor_weight: float = 1.0, cql_weight: float = 1.0, critic_lr: float = 3e-4,
+                 seed: int = 0) -> None:
         from .sac import EnsembleCritic
 
         if actor.spec.image_keys:
@@ -556,7 +561,7 @@ class ConsistencyAC:
                                       "actor's detached features; an image critic needs its own encoder)")
         self.actor = actor
         self.gamma, self.tau, self.eta, self.bc_weight = float(gamma), float(tau), float(eta), float(bc_weight)
-        self.anchor_weight = float(anchor_weight)
+        self.anchor_weight, self.cql_weight = float(anchor_weight), float(cql_weight)
         self.k = actor.n_action_steps
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -615,15 +620,21 @@ class ConsistencyAC:
             next_cond = actor.encode_obs(batch["next_obs"])
             q_next = self.target_critic(next_cond, self._sample(next_cond, gen)).min(dim=0).values
             y = batch["reward"] + batch["discount"] * q_next
+        # The actor's terms are built before the critic step (it changes no actor weight), so that the
+        # conservative term can score the same chunks; the generator's draws keep their order.
+        bc_loss, _ = actor.compute_loss(_first_rows(batch, n_bc) if n_bc < b else batch, gen, step, total_steps)
+        a_pi = self._sample(cond, gen)
         q = self.critic(feat, batch["action"][:, : self.k].reshape(b, -1))
-        critic_loss = (q - y.unsqueeze(0)).pow(2).mean()
+        critic_loss = td_loss = (q - y.unsqueeze(0)).pow(2).mean()
+        gap = torch.zeros(())
+        if self.cql_weight > 0:
+            gap = (self.critic(feat, a_pi.detach()) - q).mean()
+            critic_loss = td_loss + self.cql_weight * gap
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
 
-        bc_loss, _ = actor.compute_loss(_first_rows(batch, n_bc) if n_bc < b else batch, gen, step, total_steps)
         self.critic.requires_grad_(False)
-        a_pi = self._sample(cond, gen)
         q_pi = self.critic(feat, a_pi).mean(dim=0)
         self.critic.requires_grad_(True)
         q_loss = -q_pi.mean() / q_pi.detach().abs().mean().clamp(min=1e-6)
@@ -639,8 +650,8 @@ class ConsistencyAC:
             for pt, p in zip(self.target_critic.parameters(), self.critic.parameters()):
                 pt.lerp_(p, self.tau)
         self.updates += 1
-        return {"critic_loss": float(critic_loss.detach()), "bc_loss": float(bc_loss.detach()),
-                "anchor": float(anchor.detach()), "q": float(q_pi.detach().mean())}
+        return {"critic_loss": float(td_loss.detach()), "bc_loss": float(bc_loss.detach()),
+                "anchor": float(anchor.detach()), "q": float(q_pi.detach().mean()), "q_gap": float(gap.detach())}
 
     def train(self, dataset, steps: int, progress=None, total_steps: int | None = None, *, start: int = 0,
               gen: torch.Generator | None = None, rng: np.random.Generator | None = None,

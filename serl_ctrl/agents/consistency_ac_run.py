@@ -49,8 +49,8 @@ from .imitation_run import EVAL_SEED, finish_run
 
 ALGO = "consistency-ac"
 
-__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "OnlineFinetuner", "RunState", "demo_rows",
-           "mixed_batch", "train_consistency_ac", "run_consistency_ac"]
+__all__ = ["ALGO", "ConsistencyACConfig", "split_overrides", "make_agent", "OnlineFinetuner", "RunState",
+           "demo_rows", "mixed_batch", "train_consistency_ac", "run_consistency_ac"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class ConsistencyACConfig:
     eta: float = 1.0                         # weight of the Q term -Q(s, a_pi) / mean|Q|
     bc_weight: float = 1.0                   # weight of the consistency (BC) loss
     anchor_weight: float = 1.0               # weight of |a_pi - a_demo|^2 on the action Q scores (TD3+BC)
+    cql_weight: float = 1.0                  # conservative critic: + w * mean(Q(s, a_pi) - Q(s, a_data)) (CQL)
     n_critics: int = 2                       # Q networks in the critic ensemble
     critic_hidden: tuple[int, ...] = (256, 256)
     critic_lr: float = 3e-4
@@ -86,6 +87,7 @@ class ConsistencyACConfig:
         need(self.eta >= 0, "eta", "must be >= 0")
         need(self.bc_weight >= 0, "bc_weight", "must be >= 0")
         need(self.anchor_weight >= 0, "anchor_weight", "must be >= 0")
+        need(self.cql_weight >= 0, "cql_weight", "must be >= 0")
         need(self.eta > 0 or self.bc_weight > 0 or self.anchor_weight > 0, "eta",
              "eta, bc_weight and anchor_weight cannot all be 0")
         need(self.critic_lr > 0, "critic_lr", "must be > 0")
@@ -139,6 +141,13 @@ def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[ConsistencyACC
     cfg = ConsistencyACConfig(**kwargs)
     ConsistencyConfig.from_dict(data)  # validate the actor's fields now, before any demos are read
     return cfg, data
+
+
+def make_agent(actor: ConsistencyPolicy, cfg: ConsistencyACConfig, seed: int = 0) -> ConsistencyAC:
+    """The :class:`ConsistencyAC` learner that ``cfg`` describes, around ``actor``."""
+    return ConsistencyAC(actor, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
+                         tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, anchor_weight=cfg.anchor_weight,
+                         cql_weight=cfg.cql_weight, critic_lr=cfg.critic_lr, seed=seed)
 
 
 def demo_rows(online: ChunkDataset | None, batch_size: int, demo_fraction: float) -> int:
@@ -400,9 +409,7 @@ def train_consistency_ac(demos: str | Path, out: str | Path, overrides: Mapping[
     task = task or dataset.metadata.get("task")
     if cfg.online_steps and not task:
         raise ValueError(f"{ALGO}: online_steps={cfg.online_steps} needs a task: pass --task")
-    agent = ConsistencyAC(policy, n_critics=cfg.n_critics, critic_hidden=cfg.critic_hidden, gamma=cfg.gamma,
-                          tau=cfg.tau, eta=cfg.eta, bc_weight=cfg.bc_weight, anchor_weight=cfg.anchor_weight,
-                          critic_lr=cfg.critic_lr, seed=seed)
+    agent = make_agent(policy, cfg, seed)
     total = steps + cfg.online_steps * cfg.utd
     state = RunState(agent)
     run_id = {"algo": ALGO, "steps": steps, "seed": seed, "task": task, "backend": backend,
