@@ -30,7 +30,7 @@ critic sees expert actions only.
 The conservative critic (``cql_weight``, default 1 since 2026-12-07; ``--cql 0`` is the run above)
 removes that cost. Seeds 0 / 1 / 2, offline % -> online %: ``--cql 0`` 30->28, 26->26, 20->22 (mean
 25.3 -> 25.3); ``--cql 1`` 40->38, 38->20, 42->30 (40.0 -> 29.3); ``--eta 0`` 48->40, 42->36, 44->20
-(44.7 -> 32.0). Neither variant gains online in 3,000 env steps, nor in 10,000 (seed 0, ``--online-steps
+(44.7 -> 32.0). No variant gains online in 3,000 env steps, nor in 10,000 (seed 0, ``--online-steps
 10000``: ``--cql 0`` 26 -> 24, ``--cql 1`` 48 -> 46, ``--eta 0`` 44 -> 40; the offline numbers differ
 from the 3,000-step runs because the consistency curriculum spans all updates of a run). Cal-QL's
 floor (Q(s, a_pi) not pushed below the data's return-to-go) was tried and dropped: 40->32, 34->20,
